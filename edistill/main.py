@@ -1,0 +1,77 @@
+"""edistill entry point.
+
+    python -m edistill.main --config configs/X.py[:arg] --workdir DIR [--config.field=value ...]
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from edistill import config_lib
+from edistill.models import zoo
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/X.py[:arg]).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def load_encoder(enc) -> zoo.Pretrained:
+  return zoo.load(enc.name, num_layers=enc.num_layers or None, pooling=enc.pooling,
+                  normalize=enc.normalize, dtype=jnp.dtype(enc.dtype))
+
+
+def embed(pre: zoo.Pretrained, texts, max_length: int) -> np.ndarray:
+  """Embeds texts in one jitted call, ``[N, D]`` float32."""
+  batch = pre.tokenize(texts, max_length=max_length, bucket=16)
+  fn = jax.jit(lambda p, b: pre.module.apply({"params": p}, b["input_ids"], b["attention_mask"]))
+  return np.asarray(fn(pre.params, batch))
+
+
+def similarity_table(name: str, sims: np.ndarray, queries, documents) -> str:
+  """Markdown table of query x document cosine similarities, best per row in bold."""
+  heads = [d.split(":")[0][:12] for d in documents]
+  lines = [f"### {name}", "", "| query | " + " | ".join(heads) + " |", "|---" * (len(heads) + 1) + "|"]
+  for q, row in zip(queries, sims):
+    cells = [f"**{s:.3f}**" if j == row.argmax() else f"{s:.3f}" for j, s in enumerate(row)]
+    lines.append(f"| {q[:40]} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def run_similarity(config, workdir: Path) -> str:
+  tables = []
+  for role in ("teacher", "student"):
+    enc = config[role]
+    start = time.perf_counter()
+    pre = load_encoder(enc)
+    q = embed(pre, list(config.queries), enc.max_length)
+    d = embed(pre, list(config.documents), enc.max_length)
+    n_params = sum(x.size for x in jax.tree.leaves(pre.params))
+    logging.info("%s %s: %.1fM params, encoded in %.1fs", role, enc.name, n_params / 1e6,
+                 time.perf_counter() - start)
+    tables.append(similarity_table(f"{role}: {enc.name} ({n_params / 1e6:.1f}M params)",
+                                   q @ d.T, config.queries, config.documents))
+  text = "\n\n".join(tables) + "\n"
+  (workdir / "similarity.md").write_text(text)
+  return text
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  config = _CONFIG.value
+  config_lib.validate(config)
+  workdir = Path(_WORKDIR.value)
+  workdir.mkdir(parents=True, exist_ok=True)
+  (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+  print(run_similarity(config, workdir))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,242 @@
+"""Transformer text encoders (BERT family and MPNet) as pure-functional Flax linen modules.
+
+Both architectures are post-LayerNorm transformers; they differ only in the embeddings and the
+attention bias:
+
+* BERT (MiniLM is BERT): word + absolute position + token-type embeddings; no attention bias.
+* MPNet: word + absolute position embeddings (positions start at ``pad_token_id + 1`` and skip
+  padding, as fairseq/HF do) and a T5-style bucketed relative position bias shared by all layers.
+
+Shapes: ``input_ids``/``attention_mask``/``token_type_ids`` are int32 ``[B, L]``; token states are
+``[B, L, H]``; pooled embeddings ``[B, D]`` with ``D = projection_dim or H``. Parameters are float32;
+``dtype`` is the compute dtype (LayerNorm statistics, softmax and pooling stay in float32).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ARCHITECTURES = ("bert", "mpnet")
+POOLINGS = ("mean", "cls")
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+  """Architecture hyper-parameters (mirrors the fields of an HF ``config.json``)."""
+
+  arch: str
+  vocab_size: int
+  hidden_size: int
+  num_layers: int
+  num_heads: int
+  intermediate_size: int
+  max_position_embeddings: int
+  layer_norm_eps: float
+  hidden_act: str = "gelu"
+  type_vocab_size: int = 2  # BERT only.
+  pad_token_id: int = 0
+  relative_attention_num_buckets: int = 32  # MPNet only.
+  hidden_dropout: float = 0.1
+  attention_dropout: float = 0.1
+
+  def __post_init__(self):
+    if self.arch not in ARCHITECTURES:
+      raise ValueError(f"Unknown encoder architecture {self.arch!r}; expected one of {ARCHITECTURES}.")
+    if self.hidden_size % self.num_heads:
+      raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}.")
+    if self.hidden_act not in _ACTIVATIONS:
+      raise ValueError(f"Unsupported hidden_act {self.hidden_act!r}; expected one of {sorted(_ACTIVATIONS)}.")
+
+  @property
+  def head_dim(self) -> int:
+    return self.hidden_size // self.num_heads
+
+  def with_layers(self, num_layers: int) -> "TransformerConfig":
+    """The same architecture cut to its first ``num_layers`` layers."""
+    if not 1 <= num_layers <= self.num_layers:
+      raise ValueError(f"num_layers must be in [1, {self.num_layers}], got {num_layers}.")
+    return dataclasses.replace(self, num_layers=num_layers)
+
+
+_ACTIVATIONS = {
+    "gelu": functools.partial(jax.nn.gelu, approximate=False),  # HF "gelu" is the exact erf form.
+    "gelu_new": functools.partial(jax.nn.gelu, approximate=True),
+    "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True),
+    "relu": jax.nn.relu,
+}
+
+
+def relative_position_buckets(length: int, num_buckets: int = 32, max_distance: int = 128) -> np.ndarray:
+  """MPNet's bidirectional relative-position buckets, int32 ``[length, length]``.
+
+  Computed in NumPy at trace time (``length`` is static), with float32 logs as in the PyTorch
+  reference so bucket boundaries agree exactly.
+  """
+  pos = np.arange(length, dtype=np.int64)
+  n = -(pos[None, :] - pos[:, None])  # -(memory - context)
+  half = num_buckets // 2
+  ret = (n < 0).astype(np.int64) * half
+  n = np.abs(n)
+  max_exact = half // 2
+  with np.errstate(divide="ignore"):
+    scaled = (np.log(n.astype(np.float32) / np.float32(max_exact))
+              / np.float32(math.log(max_distance / max_exact)) * np.float32(half - max_exact))
+  large = max_exact + np.where(n < max_exact, 0, scaled).astype(np.int64)
+  large = np.minimum(large, half - 1)
+  return (ret + np.where(n < max_exact, n, large)).astype(np.int32)
+
+
+def mpnet_position_ids(input_ids: jax.Array, pad_token_id: int) -> jax.Array:
+  """Positions ``pad+1, pad+2, ...`` for real tokens and ``pad`` for padding (fairseq convention)."""
+  not_pad = (input_ids != pad_token_id).astype(jnp.int32)
+  return jnp.cumsum(not_pad, axis=1) * not_pad + pad_token_id
+
+
+class _LayerNorm(nn.Module):
+  """LayerNorm with exact (two-pass) variance, as PyTorch computes it."""
+
+  eps: float
+
+  @nn.compact
+  def __call__(self, x):
+    return nn.LayerNorm(epsilon=self.eps, use_fast_variance=False, dtype=jnp.float32,
+                        name="ln")(x).astype(x.dtype)
+
+
+class SelfAttention(nn.Module):
+  """Multi-head self-attention with an optional additive bias ``[1|B, heads, L, L]``."""
+
+  config: TransformerConfig
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, mask_bias, position_bias, deterministic: bool):
+    cfg = self.config
+    dense = functools.partial(nn.DenseGeneral, features=(cfg.num_heads, cfg.head_dim),
+                              dtype=self.dtype)
+    q = dense(name="query")(x)  # [B, L, N, Dh]
+    k = dense(name="key")(x)
+    v = dense(name="value")(x)
+    scores = jnp.einsum("bqnd,bknd->bnqk", q, k, preferred_element_type=jnp.float32)
+    scores = scores / np.float32(math.sqrt(cfg.head_dim)) + mask_bias
+    if position_bias is not None:
+      scores = scores + position_bias
+    probs = jax.nn.softmax(scores, axis=-1)
+    probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=deterministic)
+    ctx = jnp.einsum("bnqk,bknd->bqnd", probs.astype(self.dtype), v)
+    return nn.DenseGeneral(cfg.hidden_size, axis=(-2, -1), dtype=self.dtype, name="out")(ctx)
+
+
+class TransformerLayer(nn.Module):
+  """Post-LN block: x = LN(x + Attn(x)); x = LN(x + MLP(x))."""
+
+  config: TransformerConfig
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, mask_bias, position_bias, deterministic: bool):
+    cfg = self.config
+    drop = nn.Dropout(cfg.hidden_dropout)
+    h = SelfAttention(cfg, self.dtype, name="attention")(x, mask_bias, position_bias, deterministic)
+    x = _LayerNorm(cfg.layer_norm_eps, name="attention_norm")(x + drop(h, deterministic=deterministic))
+    h = nn.Dense(cfg.intermediate_size, dtype=self.dtype, name="mlp_in")(x)
+    h = _ACTIVATIONS[cfg.hidden_act](h)
+    h = nn.Dense(cfg.hidden_size, dtype=self.dtype, name="mlp_out")(h)
+    return _LayerNorm(cfg.layer_norm_eps, name="output_norm")(x + drop(h, deterministic=deterministic))
+
+
+class Embeddings(nn.Module):
+  config: TransformerConfig
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, input_ids, token_type_ids, deterministic: bool):
+    cfg = self.config
+    embed = functools.partial(nn.Embed, features=cfg.hidden_size, dtype=self.dtype)
+    x = embed(cfg.vocab_size, name="word")(input_ids)
+    if cfg.arch == "mpnet":
+      positions = mpnet_position_ids(input_ids, cfg.pad_token_id)
+    else:
+      positions = jnp.arange(input_ids.shape[1], dtype=jnp.int32)[None, :]
+    x = x + embed(cfg.max_position_embeddings, name="position")(positions)
+    if cfg.arch == "bert":
+      if token_type_ids is None:
+        token_type_ids = jnp.zeros_like(input_ids)
+      x = x + embed(cfg.type_vocab_size, name="token_type")(token_type_ids)
+    x = _LayerNorm(cfg.layer_norm_eps, name="norm")(x)
+    return nn.Dropout(cfg.hidden_dropout)(x, deterministic=deterministic)
+
+
+def pool(states: jax.Array, attention_mask: jax.Array, pooling: str) -> jax.Array:
+  """[B, L, H] token states -> [B, H] float32 (mean over unmasked tokens, or the first token)."""
+  states = states.astype(jnp.float32)
+  if pooling == "cls":
+    return states[:, 0]
+  if pooling == "mean":
+    mask = attention_mask.astype(jnp.float32)[..., None]
+    return (states * mask).sum(1) / jnp.maximum(mask.sum(1), 1e-9)
+  raise ValueError(f"Unknown pooling {pooling!r}; expected one of {POOLINGS}.")
+
+
+def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
+  """Row-wise L2 normalisation, as torch.nn.functional.normalize."""
+  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+
+
+class Encoder(nn.Module):
+  """Text encoder: transformer -> pooling -> optional projection -> optional L2 normalisation.
+
+  Attributes:
+    config: the architecture.
+    pooling: "mean" (masked mean of the last layer) or "cls" (first token).
+    normalize: L2-normalise the output embedding.
+    projection_dim: if set, a linear head ``H -> projection_dim`` after pooling.
+    dtype: compute dtype (float32 or bfloat16); parameters stay float32.
+  """
+
+  config: TransformerConfig
+  pooling: str = "mean"
+  normalize: bool = False
+  projection_dim: int | None = None
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    if self.pooling not in POOLINGS:
+      raise ValueError(f"Unknown pooling {self.pooling!r}; expected one of {POOLINGS}.")
+    cfg = self.config
+    self.embeddings = Embeddings(cfg, self.dtype)
+    self.layers = [TransformerLayer(cfg, self.dtype, name=f"layer_{i}") for i in range(cfg.num_layers)]
+    if cfg.arch == "mpnet":
+      self.rel_bias = nn.Embed(cfg.relative_attention_num_buckets, cfg.num_heads, name="rel_bias")
+    if self.projection_dim:
+      self.projection = nn.Dense(self.projection_dim, dtype=jnp.float32, name="projection")
+
+  def encode_tokens(self, input_ids, attention_mask, token_type_ids=None, deterministic=True):
+    """Last-layer token states, ``[B, L, H]`` in the compute dtype."""
+    cfg = self.config
+    x = self.embeddings(input_ids, token_type_ids, deterministic)
+    # Additive key mask [B, 1, 1, L]: large negative on padding, as HF's finfo.min.
+    mask_bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0,
+                          jnp.finfo(jnp.float32).min).astype(jnp.float32)
+    position_bias = None
+    if cfg.arch == "mpnet":
+      buckets = relative_position_buckets(input_ids.shape[1], cfg.relative_attention_num_buckets)
+      position_bias = jnp.transpose(self.rel_bias(buckets), (2, 0, 1))[None].astype(jnp.float32)
+    for layer in self.layers:
+      x = layer(x, mask_bias, position_bias, deterministic)
+    return x
+
+  def __call__(self, input_ids, attention_mask, token_type_ids=None, deterministic=True):
+    """Sentence embeddings ``[B, D]`` float32."""
+    states = self.encode_tokens(input_ids, attention_mask, token_type_ids, deterministic)
+    emb = pool(states, attention_mask, self.pooling)
+    if self.projection_dim:
+      emb = self.projection(emb)
+    return l2_normalize(emb) if self.normalize else emb

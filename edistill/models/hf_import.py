@@ -1,0 +1,386 @@
+"""HF checkpoint directories <-> edistill encoder parameter trees, without torch.
+
+Reads ``config.json`` + ``model.safetensors`` (or ``pytorch_model.bin``, unpickled here without
+torch) and, when present, the sentence-transformers modules (``1_Pooling``, ``*_Dense``,
+``*_Normalize``) so a sentence-transformers directory loads as the same embedding model. Writes the
+reverse: an HF directory that transformers' ``AutoModel`` and sentence-transformers load.
+
+Every failure names the directory and the offending key.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import pickle
+import shutil
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import safetensors.numpy
+from flax import traverse_util
+
+from edistill.models.encoder import Encoder, TransformerConfig
+
+Params = dict[str, Any]
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+_HF_ARCH = {"bert": "BertModel", "mpnet": "MPNetModel"}
+
+
+class CheckpointError(ValueError):
+  """A checkpoint directory that cannot be read as an edistill encoder."""
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadConfig:
+  """The sentence-embedding head stored beside the transformer (sentence-transformers modules)."""
+
+  pooling: str = "mean"
+  normalize: bool = False
+  projection_dim: int | None = None
+
+
+# ------------------------------------------------------------------------------------- config
+def read_config(ckpt_dir: str | Path) -> TransformerConfig:
+  """``config.json`` -> TransformerConfig, with a clear error for unsupported architectures."""
+  ckpt_dir = Path(ckpt_dir)
+  path = ckpt_dir / "config.json"
+  if not path.is_file():
+    raise CheckpointError(f"{ckpt_dir}: no config.json; not an HF checkpoint directory.")
+  try:
+    raw = json.loads(path.read_text())
+  except json.JSONDecodeError as e:
+    raise CheckpointError(f"{path}: invalid JSON ({e}).") from e
+  arch = raw.get("model_type")
+  if arch not in _HF_ARCH:
+    raise CheckpointError(f"{path}: model_type {arch!r} is not supported; edistill encoders cover "
+                          f"{sorted(_HF_ARCH)} (BERT family incl. MiniLM, and MPNet).")
+  if arch == "bert" and raw.get("position_embedding_type", "absolute") != "absolute":
+    raise CheckpointError(f"{path}: position_embedding_type {raw['position_embedding_type']!r} "
+                          "is not supported (only 'absolute').")
+  try:
+    return TransformerConfig(
+        arch=arch,
+        vocab_size=raw["vocab_size"],
+        hidden_size=raw["hidden_size"],
+        num_layers=raw["num_hidden_layers"],
+        num_heads=raw["num_attention_heads"],
+        intermediate_size=raw["intermediate_size"],
+        max_position_embeddings=raw["max_position_embeddings"],
+        layer_norm_eps=raw.get("layer_norm_eps", 1e-12),
+        hidden_act=raw.get("hidden_act", "gelu"),
+        type_vocab_size=raw.get("type_vocab_size", 2) if arch == "bert" else 0,
+        pad_token_id=raw.get("pad_token_id", 0 if arch == "bert" else 1),
+        relative_attention_num_buckets=raw.get("relative_attention_num_buckets", 32),
+        hidden_dropout=raw.get("hidden_dropout_prob", 0.1),
+        attention_dropout=raw.get("attention_probs_dropout_prob", 0.1),
+    )
+  except KeyError as e:
+    raise CheckpointError(f"{path}: missing required field {e.args[0]!r}.") from e
+  except ValueError as e:
+    raise CheckpointError(f"{path}: {e}") from e
+
+
+def config_to_hf(cfg: TransformerConfig) -> dict[str, Any]:
+  out = {
+      "architectures": [_HF_ARCH[cfg.arch]],
+      "model_type": cfg.arch,
+      "vocab_size": cfg.vocab_size,
+      "hidden_size": cfg.hidden_size,
+      "num_hidden_layers": cfg.num_layers,
+      "num_attention_heads": cfg.num_heads,
+      "intermediate_size": cfg.intermediate_size,
+      "max_position_embeddings": cfg.max_position_embeddings,
+      "layer_norm_eps": cfg.layer_norm_eps,
+      "hidden_act": cfg.hidden_act,
+      "pad_token_id": cfg.pad_token_id,
+      "hidden_dropout_prob": cfg.hidden_dropout,
+      "attention_probs_dropout_prob": cfg.attention_dropout,
+  }
+  if cfg.arch == "bert":
+    out.update(type_vocab_size=cfg.type_vocab_size, position_embedding_type="absolute")
+  else:
+    out.update(relative_attention_num_buckets=cfg.relative_attention_num_buckets)
+  return out
+
+
+def read_head(ckpt_dir: str | Path) -> HeadConfig:
+  """The sentence-transformers pooling / Dense / Normalize modules; mean pooling if absent."""
+  ckpt_dir = Path(ckpt_dir)
+  modules_path = ckpt_dir / "modules.json"
+  if not modules_path.is_file():
+    return HeadConfig()
+  pooling, normalize, proj = "mean", False, None
+  for module in json.loads(modules_path.read_text()):
+    kind = module.get("type", "")
+    sub = ckpt_dir / module.get("path", "")
+    if kind.endswith("Pooling"):
+      pcfg = json.loads((sub / "config.json").read_text())
+      modes = [k for k, v in pcfg.items() if k.startswith("pooling_mode_") and v]
+      pooling = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls"}.get(
+          modes[0] if len(modes) == 1 else "", None)
+      if pooling is None:
+        raise CheckpointError(f"{sub / 'config.json'}: pooling modes {modes} are not supported "
+                              "(exactly one of mean or cls).")
+    elif kind.endswith("Dense"):
+      dcfg = json.loads((sub / "config.json").read_text())
+      if not dcfg.get("activation_function", "").endswith("Identity"):
+        raise CheckpointError(f"{sub}: only a linear Dense head is supported, got activation "
+                              f"{dcfg.get('activation_function')!r}.")
+      proj = int(dcfg["out_features"])
+    elif kind.endswith("Normalize"):
+      normalize = True
+  return HeadConfig(pooling, normalize, proj)
+
+
+# ------------------------------------------------------------------------------------- tensors
+def _linear(prefix: tuple[str, ...], hf: str, split: str | None = None):
+  """(our path, HF name, to_ours, to_hf) for a torch Linear stored as [out, in]."""
+  def to_ours(w, shape):
+    return w.T.reshape(shape)
+
+  def to_hf(k):
+    return k.reshape(-1, k.shape[-1]).T if split == "out" else k.reshape(k.shape[0], -1).T
+
+  return [((*prefix, "kernel"), f"{hf}.weight", to_ours, to_hf),
+          ((*prefix, "bias"), f"{hf}.bias", lambda b, shape: b.reshape(shape), lambda b: b.reshape(-1))]
+
+
+def _plain(path, hf):
+  return (path, hf, lambda x, shape: x.reshape(shape), lambda x: x)
+
+
+def _norm(prefix, hf):
+  return [_plain((*prefix, "ln", "scale"), f"{hf}.weight"), _plain((*prefix, "ln", "bias"), f"{hf}.bias")]
+
+
+def tensor_map(cfg: TransformerConfig):
+  """Yields (param path, HF tensor name, hf->ours(array, shape), ours->hf(array))."""
+  bert = cfg.arch == "bert"
+  yield _plain(("embeddings", "word", "embedding"), "embeddings.word_embeddings.weight")
+  yield _plain(("embeddings", "position", "embedding"), "embeddings.position_embeddings.weight")
+  if bert:
+    yield _plain(("embeddings", "token_type", "embedding"), "embeddings.token_type_embeddings.weight")
+  yield from _norm(("embeddings", "norm"), "embeddings.LayerNorm")
+  for i in range(cfg.num_layers):
+    src, dst = f"encoder.layer.{i}", (f"layer_{i}",)
+    att = f"{src}.attention.self" if bert else f"{src}.attention.attn"
+    names = ("query", "key", "value") if bert else ("q", "k", "v")
+    for ours, theirs in zip(("query", "key", "value"), names):
+      yield from _linear((*dst, "attention", ours), f"{att}.{theirs}")
+    out = f"{src}.attention.output.dense" if bert else f"{att}.o"
+    yield from _linear((*dst, "attention", "out"), out, split="out")
+    yield from _norm((*dst, "attention_norm"),
+                     f"{src}.attention.output.LayerNorm" if bert else f"{src}.attention.LayerNorm")
+    yield from _linear((*dst, "mlp_in"), f"{src}.intermediate.dense")
+    yield from _linear((*dst, "mlp_out"), f"{src}.output.dense")
+    yield from _norm((*dst, "output_norm"), f"{src}.output.LayerNorm")
+  if not bert:
+    yield _plain(("rel_bias", "embedding"), "encoder.relative_attention_bias.weight")
+
+
+def _read_torch_bin(path: Path) -> dict[str, np.ndarray]:
+  """A ``torch.save``d state dict (zip format) read with pickle + NumPy only.
+
+  Only the globals a plain state dict needs are allowed; anything else is refused, which also
+  keeps arbitrary code in a pickle from running.
+  """
+  dtypes = {"FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
+            "LongStorage": np.int64, "IntStorage": np.int32, "ShortStorage": np.int16,
+            "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_}
+  with zipfile.ZipFile(path) as zf:
+    pkl_name = next((n for n in zf.namelist() if n.endswith("data.pkl")), None)
+    if pkl_name is None:
+      raise CheckpointError(f"{path}: not a torch zip checkpoint (no data.pkl).")
+    root = pkl_name[: -len("data.pkl")]
+
+    def rebuild(storage, offset, size, stride, *unused):
+      itemsize = storage.dtype.itemsize
+      return np.lib.stride_tricks.as_strided(
+          storage[offset:], shape=tuple(size), strides=[s * itemsize for s in stride]).copy()
+
+    class _Storage:
+      def __init__(self, name):
+        if name not in dtypes:
+          raise CheckpointError(f"{path}: unsupported tensor storage torch.{name}.")
+        self.dtype = dtypes[name]
+
+    class Unpickler(pickle.Unpickler):
+      def find_class(self, module, name):
+        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+          return rebuild
+        if (module, name) == ("collections", "OrderedDict"):
+          return collections.OrderedDict
+        if module == "torch" and name.endswith("Storage"):
+          return _Storage(name)
+        raise CheckpointError(f"{path}: refusing to unpickle {module}.{name} (not a plain state dict).")
+
+      def persistent_load(self, pid):
+        _, storage_type, key, _, _ = pid
+        return np.frombuffer(zf.read(f"{root}data/{key}"), dtype=storage_type.dtype)
+
+    with zf.open(pkl_name) as f:
+      return dict(Unpickler(f).load())
+
+
+def read_tensors(ckpt_dir: str | Path) -> dict[str, np.ndarray]:
+  """All tensors of the checkpoint's weights file, by HF name."""
+  ckpt_dir = Path(ckpt_dir)
+  st, pt = ckpt_dir / "model.safetensors", ckpt_dir / "pytorch_model.bin"
+  if st.is_file():
+    try:
+      return safetensors.numpy.load_file(str(st))
+    except Exception as e:  # safetensors raises several error types for corrupt files.
+      raise CheckpointError(f"{st}: cannot read safetensors file ({e}).") from e
+  if pt.is_file():
+    try:
+      return _read_torch_bin(pt)
+    except (zipfile.BadZipFile, pickle.UnpicklingError, EOFError) as e:
+      raise CheckpointError(f"{pt}: cannot read torch checkpoint ({e}).") from e
+  raise CheckpointError(f"{ckpt_dir}: no model.safetensors or pytorch_model.bin.")
+
+
+def _strip_prefix(tensors: dict[str, np.ndarray], ckpt_dir: Path) -> dict[str, np.ndarray]:
+  """Drop a task-model prefix ("bert.", "mpnet.", "0.auto_model.", ...) and legacy LN names."""
+  anchor = "embeddings.word_embeddings.weight"
+  prefix = next((k[: -len(anchor)] for k in tensors if k.endswith(anchor)), None)
+  if prefix is None:
+    raise CheckpointError(f"{ckpt_dir}: no tensor named *{anchor}; not a BERT/MPNet checkpoint.")
+  out = {}
+  for k, v in tensors.items():
+    if k.startswith(prefix):
+      k = k[len(prefix):].replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
+      out[k] = v
+  return out
+
+
+def _set(tree: Params, path: tuple[str, ...], value):
+  for p in path[:-1]:
+    tree = tree.setdefault(p, {})
+  tree[path[-1]] = value
+
+
+def _get(tree: Params, path: tuple[str, ...]):
+  for p in path:
+    tree = tree[p]
+  return tree
+
+
+def param_shapes(cfg: TransformerConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
+  """Expected shape of every transformer parameter (derived from the module, not restated)."""
+  ids = jax.ShapeDtypeStruct((1, 8), np.int32)
+  shapes = jax.eval_shape(Encoder(cfg).init, jax.random.key(0), ids, ids)["params"]
+  return {k: v.shape for k, v in traverse_util.flatten_dict(shapes).items()}
+
+
+def load_params(ckpt_dir: str | Path, cfg: TransformerConfig | None = None) -> tuple[TransformerConfig, Params]:
+  """Reads the transformer weights into edistill's param tree (float32 NumPy arrays).
+
+  ``cfg`` may cut the checkpoint to its first ``cfg.num_layers`` layers (smaller students); it
+  must otherwise match ``config.json``.
+  """
+  ckpt_dir = Path(ckpt_dir)
+  full = read_config(ckpt_dir)
+  if cfg is None:
+    cfg = full
+  elif cfg.num_layers > full.num_layers or cfg != full.with_layers(cfg.num_layers):
+    raise CheckpointError(f"{ckpt_dir}: requested {cfg} does not match the checkpoint's {full} "
+                          "(only num_layers may be smaller).")
+  tensors = _strip_prefix(read_tensors(ckpt_dir), ckpt_dir)
+  shapes = param_shapes(cfg)
+  params: Params = {}
+  missing = []
+  for path, name, to_ours, to_hf in tensor_map(cfg):
+    if name not in tensors:
+      missing.append(name)
+      continue
+    value, expected = np.asarray(tensors[name]), shapes[path]
+    expected_hf = to_hf(np.zeros(expected, np.float32)).shape
+    if value.shape != expected_hf:
+      raise CheckpointError(f"{ckpt_dir}: tensor {name} has shape {value.shape}, expected "
+                            f"{expected_hf} (config.json says {cfg.arch} with hidden_size "
+                            f"{cfg.hidden_size}, vocab_size {cfg.vocab_size}).")
+    _set(params, path, to_ours(value, expected).astype(np.float32))
+  if missing:
+    raise CheckpointError(f"{ckpt_dir}: missing tensors {missing[:8]}"
+                          f"{' and %d more' % (len(missing) - 8) if len(missing) > 8 else ''}.")
+  return cfg, params
+
+
+def load_head_params(ckpt_dir: str | Path, head: HeadConfig, hidden: int) -> Params:
+  """The projection Dense of a sentence-transformers directory, as {'kernel', 'bias'}."""
+  if not head.projection_dim:
+    return {}
+  ckpt_dir = Path(ckpt_dir)
+  modules = json.loads((ckpt_dir / "modules.json").read_text())
+  dense_dir = next(ckpt_dir / m["path"] for m in modules if m.get("type", "").endswith("Dense"))
+  weights = dense_dir / "model.safetensors"
+  if not weights.is_file():
+    raise CheckpointError(f"{dense_dir}: no model.safetensors for the Dense head.")
+  t = safetensors.numpy.load_file(str(weights))
+  w = t.get("linear.weight")
+  if w is None or w.shape != (head.projection_dim, hidden):
+    raise CheckpointError(f"{weights}: linear.weight must have shape ({head.projection_dim}, {hidden}), "
+                          f"got {None if w is None else w.shape}.")
+  b = t.get("linear.bias", np.zeros(head.projection_dim, np.float32))
+  return {"kernel": w.T.astype(np.float32), "bias": b.astype(np.float32)}
+
+
+# ------------------------------------------------------------------------------------- export
+def export(params: Params, cfg: TransformerConfig, head: HeadConfig, out_dir: str | Path,
+           tokenizer_dir: str | Path, max_seq_length: int = 256) -> Path:
+  """Writes an HF + sentence-transformers directory for the encoder.
+
+  ``params`` is the Encoder's param tree (with ``projection`` if ``head.projection_dim``).
+  Written to a temporary sibling first and renamed, so an existing export is never half-replaced.
+  """
+  out_dir = Path(out_dir)
+  tmp = out_dir.with_name(out_dir.name + ".tmp")
+  shutil.rmtree(tmp, ignore_errors=True)
+  tmp.mkdir(parents=True)
+  tensors = {name: np.ascontiguousarray(to_hf(np.asarray(_get(params, path), np.float32)))
+             for path, name, _, to_hf in tensor_map(cfg)}
+  safetensors.numpy.save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+  (tmp / "config.json").write_text(json.dumps(config_to_hf(cfg), indent=2))
+  for name in TOKENIZER_FILES:
+    if (Path(tokenizer_dir) / name).is_file():
+      shutil.copy(Path(tokenizer_dir) / name, tmp / name)
+  modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}]
+  (tmp / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_seq_length,
+                                                            "do_lower_case": False}))
+  (tmp / "1_Pooling").mkdir()
+  (tmp / "1_Pooling" / "config.json").write_text(json.dumps({
+      "word_embedding_dimension": cfg.hidden_size,
+      "pooling_mode_cls_token": head.pooling == "cls",
+      "pooling_mode_mean_tokens": head.pooling == "mean",
+      "pooling_mode_max_tokens": False,
+      "pooling_mode_mean_sqrt_len_tokens": False}, indent=2))
+  modules.append({"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"})
+  if head.projection_dim:
+    d = tmp / "2_Dense"
+    d.mkdir()
+    proj = params["projection"]
+    safetensors.numpy.save_file({"linear.weight": np.ascontiguousarray(np.asarray(proj["kernel"], np.float32).T),
+                                 "linear.bias": np.asarray(proj["bias"], np.float32)},
+                                str(d / "model.safetensors"))
+    (d / "config.json").write_text(json.dumps({
+        "in_features": cfg.hidden_size, "out_features": head.projection_dim, "bias": True,
+        "activation_function": "torch.nn.modules.linear.Identity"}))
+    modules.append({"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"})
+  if head.normalize:
+    (tmp / f"{len(modules)}_Normalize").mkdir()
+    modules.append({"idx": len(modules), "name": str(len(modules)), "path": f"{len(modules)}_Normalize",
+                    "type": "sentence_transformers.models.Normalize"})
+  (tmp / "modules.json").write_text(json.dumps(modules, indent=2))
+  if out_dir.exists():
+    old = out_dir.with_name(out_dir.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    out_dir.rename(old)
+    tmp.rename(out_dir)
+    shutil.rmtree(old)
+  else:
+    tmp.rename(out_dir)
+  return out_dir

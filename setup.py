@@ -1,0 +1,35 @@
+"""edistill: EmbedDistill (dual-encoder distillation) in JAX/Flax."""
+from setuptools import find_packages, setup
+
+# Pinned to the versions verified together on Python 3.11 (see README "Install").
+INSTALL_REQUIRES = [
+    "jax==0.10.2",
+    "jaxlib==0.10.2",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+    "ml-collections==1.1.0",
+    "numpy==2.4.6",
+    "transformers==5.24.0",
+    "tokenizers==0.23.3",
+    "safetensors==0.8.0",
+    "tensorflow-datasets==4.9.10",
+    "scann==1.4.2",
+    "bm25s==0.3.16",
+    "tqdm==4.70.1",
+    "absl-py>=2.1,<3",
+]
+
+setup(
+    name="edistill",
+    version="0.1.0",
+    description="EmbedDistill: distilling retrieval teachers into small dual encoders (JAX/Flax)",
+    packages=find_packages(include=["edistill", "edistill.*"]),
+    python_requires=">=3.11,<3.12",
+    install_requires=INSTALL_REQUIRES,
+    extras_require={
+        "test": ["pytest==9.2.0"],
+        # The PyTorch reference for benchmarks and fixture generation (CPU build).
+        "bench": ["torch==2.13.0"],
+    },
+)

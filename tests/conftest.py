@@ -1,0 +1,32 @@
+"""Test set-up: 8 host CPU devices (for sharding tests) before jax is imported anywhere."""
+import os
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # Nothing may come from a model hub.
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def fixtures() -> Path:
+  return FIXTURES
+
+
+def pytest_configure(config):
+  config.addinivalue_line("markers", "slow: needs the real packaged checkpoints (~400 MB download once)")
+
+
+def write_wordpiece_vocab(directory: Path) -> Path:
+  """A 12-token BERT WordPiece vocabulary (+ tokenizer_config.json) in ``directory``."""
+  import json
+  words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "sat", "on", "mat", "##s", "dog"]
+  (directory / "vocab.txt").write_text("\n".join(words) + "\n")
+  (directory / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "BertTokenizer",
+                                                              "do_lower_case": True}))
+  return directory
