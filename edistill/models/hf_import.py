@@ -137,16 +137,10 @@ def read_head(ckpt_dir: str | Path) -> HeadConfig:
 
 
 # ------------------------------------------------------------------------------------- tensors
-def _linear(prefix: tuple[str, ...], hf: str, split: str | None = None):
-  """(our path, HF name, to_ours, to_hf) for a torch Linear stored as [out, in]."""
-  def to_ours(w, shape):
-    return w.T.reshape(shape)
-
-  def to_hf(k):
-    return k.reshape(-1, k.shape[-1]).T if split == "out" else k.reshape(k.shape[0], -1).T
-
-  return [((*prefix, "kernel"), f"{hf}.weight", to_ours, to_hf),
-          ((*prefix, "bias"), f"{hf}.bias", lambda b, shape: b.reshape(shape), lambda b: b.reshape(-1))]
+def _linear(prefix: tuple[str, ...], hf: str):
+  """(our path, HF name, to_ours, to_hf) for a torch Linear stored as [out, in]; ours is [in, out]."""
+  return [((*prefix, "kernel"), f"{hf}.weight", lambda w, shape: w.T.reshape(shape), lambda k: k.T),
+          _plain((*prefix, "bias"), f"{hf}.bias")]
 
 
 def _plain(path, hf):
@@ -172,7 +166,7 @@ def tensor_map(cfg: TransformerConfig):
     for ours, theirs in zip(("query", "key", "value"), names):
       yield from _linear((*dst, "attention", ours), f"{att}.{theirs}")
     out = f"{src}.attention.output.dense" if bert else f"{att}.o"
-    yield from _linear((*dst, "attention", "out"), out, split="out")
+    yield from _linear((*dst, "attention", "out"), out)
     yield from _norm((*dst, "attention_norm"),
                      f"{src}.attention.output.LayerNorm" if bert else f"{src}.attention.LayerNorm")
     yield from _linear((*dst, "mlp_in"), f"{src}.intermediate.dense")
