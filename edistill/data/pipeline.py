@@ -1,0 +1,181 @@
+"""Tokenised, fixed-shape, deterministic and resumable training batches, split across hosts.
+
+The order is a pure function of ``(seed, step)``: epoch ``e`` visits the examples in the permutation
+drawn from ``np.random.default_rng([seed, e])`` and drops the remainder, so a run resumed at step
+``s`` sees exactly the batches an uninterrupted run saw from step ``s`` on, on any number of hosts.
+Host ``i`` of ``n`` takes rows ``[i*B/n, (i+1)*B/n)`` of each global batch: the shares are disjoint,
+equal and, concatenated in host order, the global batch (what
+``jax.make_array_from_process_local_data`` assembles).
+
+A host batch (``b = B / n`` rows, ``C = 1 + num_hard_negatives`` documents per query) holds:
+  query_input_ids, query_attention_mask   int32 [b, Lq]
+  doc_input_ids, doc_attention_mask       int32 [b, C, Ld]   column 0 is the positive
+  query_index                             int32 [b]          into the query table (teacher lookups)
+  doc_index                               int32 [b, C]       into the document table
+  negative_mask                           bool  [b, B*C]     True where a global in-batch document must
+                                                             not count as a negative for this query
+                                                             (it is relevant to it), own positive excluded
+  teacher_scores (optional)               float32 [b, C]
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterator, Mapping, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from edistill.data.formats import DataError, Qrels
+
+
+@dataclasses.dataclass(frozen=True)
+class Tokens:
+  """Pre-tokenised texts: ``ids`` [N, L] (uint16 when the vocabulary fits, to halve memory) and
+  ``lengths`` [N] int32; rows are right-padded with ``pad_id``."""
+
+  ids: np.ndarray
+  lengths: np.ndarray
+  pad_id: int
+
+  def __len__(self) -> int:
+    return len(self.lengths)
+
+  def take(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows ``index`` (any shape) -> (input_ids int32 [..., L], attention_mask int32 [..., L])."""
+    ids = self.ids[index].astype(np.int32)
+    mask = (np.arange(self.ids.shape[1]) < self.lengths[index][..., None]).astype(np.int32)
+    return ids, mask
+
+
+def tokenize_texts(tokenizer, texts: Sequence[str], max_length: int, chunk: int = 4096,
+                   desc: str | None = None) -> Tokens:
+  """Tokenises ``texts`` once, truncated and padded to ``max_length``."""
+  vocab = len(tokenizer)
+  ids = np.full((len(texts), max_length), tokenizer.pad_token_id,
+                dtype=np.uint16 if vocab <= np.iinfo(np.uint16).max else np.int32)
+  lengths = np.zeros(len(texts), np.int32)
+  for start in tqdm(range(0, len(texts), chunk), desc=desc or "tokenize", disable=desc is None):
+    enc = tokenizer(list(texts[start:start + chunk]), truncation=True, max_length=max_length)["input_ids"]
+    for row, seq in enumerate(enc, start):
+      ids[row, :len(seq)] = seq
+      lengths[row] = len(seq)
+  return Tokens(ids, lengths, tokenizer.pad_token_id)
+
+
+@dataclasses.dataclass(frozen=True)
+class Examples:
+  """Training examples: ``query`` [N] int32 and ``docs`` [N, C] int32 (column 0 the positive)
+  index the query and document tables; ``teacher_scores`` [N, C] float32 is optional."""
+
+  query: np.ndarray
+  docs: np.ndarray
+  teacher_scores: np.ndarray | None = None
+
+  def __len__(self) -> int:
+    return len(self.query)
+
+
+def relevant_docs(qrels: Qrels, query_ids: Sequence[str], doc_ids: Sequence[str]) -> dict[int, np.ndarray]:
+  """Query row -> sorted doc rows with relevance > 0 (table indices, not ids)."""
+  q_row = {q: i for i, q in enumerate(query_ids)}
+  d_row = {d: i for i, d in enumerate(doc_ids)}
+  out = {}
+  for q, docs in qrels.items():
+    if q not in q_row:
+      raise DataError(f"qrels query id {q!r} is not in the query table.")
+    missing = [d for d in docs if d not in d_row]
+    if missing:
+      raise DataError(f"qrels for query {q!r} name documents not in the corpus: {missing[:5]}.")
+    rows = sorted(d_row[d] for d, rel in docs.items() if rel > 0)
+    if rows:
+      out[q_row[q]] = np.asarray(rows, np.int32)
+  return out
+
+
+def build_examples(positives: Mapping[int, np.ndarray], num_docs: int, num_hard_negatives: int = 0,
+                   hard_negatives: Mapping[int, Sequence[int]] | None = None, seed: int = 0) -> Examples:
+  """One example per (query, relevant document) pair, with ``num_hard_negatives`` negatives each.
+
+  Negatives come from ``hard_negatives[query]`` (mined candidates, positives removed) in a
+  deterministic shuffled order, topped up with random non-relevant documents when too few.
+  """
+  rng = np.random.default_rng([seed, 1])
+  query, docs = [], []
+  for q in sorted(positives):
+    pos = positives[q]
+    pos_set = set(pos.tolist())
+    pool = [d for d in (hard_negatives or {}).get(q, ()) if d not in pos_set]
+    for p in pos:
+      negs = list(rng.permutation(pool)[:num_hard_negatives]) if pool else []
+      while len(negs) < num_hard_negatives:
+        cand = int(rng.integers(num_docs))
+        if cand not in pos_set and cand not in negs:
+          negs.append(cand)
+      query.append(q)
+      docs.append([int(p), *map(int, negs)])
+  if not query:
+    raise DataError("no training examples: the qrels have no relevant (query, document) pair.")
+  return Examples(np.asarray(query, np.int32), np.asarray(docs, np.int32).reshape(len(query), 1 + num_hard_negatives))
+
+
+class Pipeline:
+  """Deterministic, resumable, host-split batches (see module doc)."""
+
+  def __init__(self, examples: Examples, queries: Tokens, docs: Tokens, global_batch_size: int,
+               seed: int = 0, process_index: int = 0, process_count: int = 1,
+               positives: Mapping[int, np.ndarray] | None = None):
+    if global_batch_size % process_count:
+      raise ValueError(f"global_batch_size {global_batch_size} is not divisible by {process_count} processes.")
+    if len(examples) < global_batch_size:
+      raise ValueError(f"{len(examples)} examples cannot fill one global batch of {global_batch_size}.")
+    if not 0 <= process_index < process_count:
+      raise ValueError(f"process_index {process_index} not in [0, {process_count}).")
+    self.examples, self.queries, self.docs = examples, queries, docs
+    self.global_batch_size, self.seed = global_batch_size, seed
+    self.process_index, self.process_count = process_index, process_count
+    self.local_batch_size = global_batch_size // process_count
+    self.steps_per_epoch = len(examples) // global_batch_size
+    self.positives = positives
+
+  def global_rows(self, step: int) -> np.ndarray:
+    """Example rows of global batch ``step`` (int64 [B])."""
+    epoch, k = divmod(step, self.steps_per_epoch)
+    perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.examples))
+    return perm[k * self.global_batch_size:(k + 1) * self.global_batch_size]
+
+  def negative_mask(self, rows: np.ndarray, local: slice) -> np.ndarray:
+    """bool [b, B*C]: global in-batch documents relevant to each local query (own positive excluded)."""
+    cols = self.examples.docs[rows].reshape(-1)  # [B*C] document rows, global batch order.
+    c = self.examples.docs.shape[1]
+    mask = np.zeros((local.stop - local.start, cols.size), bool)
+    for i, g in enumerate(range(local.start, local.stop)):
+      q = self.examples.query[rows[g]]
+      relevant = self.positives.get(int(q)) if self.positives is not None else None
+      if relevant is None:
+        relevant = self.examples.docs[rows[g], :1]
+      mask[i] = np.isin(cols, relevant)
+      mask[i, g * c] = False  # The query's own positive is the target, not a false negative.
+    return mask
+
+  def batch(self, step: int) -> dict[str, np.ndarray]:
+    """This host's share of global batch ``step``."""
+    rows = self.global_rows(step)
+    local = slice(self.process_index * self.local_batch_size, (self.process_index + 1) * self.local_batch_size)
+    mine = rows[local]
+    q = self.examples.query[mine]
+    d = self.examples.docs[mine]
+    q_ids, q_mask = self.queries.take(q)
+    d_ids, d_mask = self.docs.take(d)
+    out = {"query_input_ids": q_ids, "query_attention_mask": q_mask, "doc_input_ids": d_ids,
+           "doc_attention_mask": d_mask, "query_index": q, "doc_index": d,
+           "negative_mask": self.negative_mask(rows, local)}
+    if self.examples.teacher_scores is not None:
+      out["teacher_scores"] = self.examples.teacher_scores[mine].astype(np.float32)
+    return out
+
+  def iterate(self, start_step: int = 0, num_steps: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """Batches for steps ``start_step, start_step + 1, ...`` (``num_steps`` of them, or forever)."""
+    step = start_step
+    while num_steps is None or step < start_step + num_steps:
+      yield self.batch(step)
+      step += 1
