@@ -138,13 +138,23 @@ def read_head(ckpt_dir: str | Path) -> HeadConfig:
 
 # ------------------------------------------------------------------------------------- tensors
 def _linear(prefix: tuple[str, ...], hf: str):
-  """(our path, HF name, to_ours, to_hf) for a torch Linear stored as [out, in]; ours is [in, out]."""
-  return [((*prefix, "kernel"), f"{hf}.weight", lambda w, shape: w.T.reshape(shape), lambda k: k.T),
+  """(our path, HF names, to_ours, to_hf) for a torch Linear stored as [out, in]; ours is [in, out]."""
+  return [((*prefix, "kernel"), (f"{hf}.weight",), lambda ws, shape: ws[0].T.reshape(shape), lambda k: [k.T]),
           _plain((*prefix, "bias"), f"{hf}.bias")]
 
 
+def _fused_linear(prefix: tuple[str, ...], hfs: tuple[str, ...]):
+  """Several torch Linears of the same input fused along the output axis (q | k | v)."""
+  n = len(hfs)
+  return [((*prefix, "kernel"), tuple(f"{h}.weight" for h in hfs),
+           lambda ws, shape: np.concatenate([w.T for w in ws], axis=1).reshape(shape),
+           lambda k: [part.T for part in np.split(k, n, axis=1)]),
+          ((*prefix, "bias"), tuple(f"{h}.bias" for h in hfs),
+           lambda bs, shape: np.concatenate(bs).reshape(shape), lambda b: np.split(b, n))]
+
+
 def _plain(path, hf):
-  return (path, hf, lambda x, shape: x.reshape(shape), lambda x: x)
+  return (path, (hf,), lambda xs, shape: xs[0].reshape(shape), lambda x: [x])
 
 
 def _norm(prefix, hf):
@@ -152,7 +162,7 @@ def _norm(prefix, hf):
 
 
 def tensor_map(cfg: TransformerConfig):
-  """Yields (param path, HF tensor name, hf->ours(array, shape), ours->hf(array))."""
+  """Yields (param path, HF tensor names, hf->ours(arrays, shape), ours->hf(array) -> arrays)."""
   bert = cfg.arch == "bert"
   yield _plain(("embeddings", "word", "embedding"), "embeddings.word_embeddings.weight")
   yield _plain(("embeddings", "position", "embedding"), "embeddings.position_embeddings.weight")
@@ -163,8 +173,7 @@ def tensor_map(cfg: TransformerConfig):
     src, dst = f"encoder.layer.{i}", (f"layer_{i}",)
     att = f"{src}.attention.self" if bert else f"{src}.attention.attn"
     names = ("query", "key", "value") if bert else ("q", "k", "v")
-    for ours, theirs in zip(("query", "key", "value"), names):
-      yield from _linear((*dst, "attention", ours), f"{att}.{theirs}")
+    yield from _fused_linear((*dst, "attention", "qkv"), tuple(f"{att}.{n}" for n in names))
     out = f"{src}.attention.output.dense" if bert else f"{att}.o"
     yield from _linear((*dst, "attention", "out"), out)
     yield from _norm((*dst, "attention_norm"),
@@ -287,17 +296,19 @@ def load_params(ckpt_dir: str | Path, cfg: TransformerConfig | None = None) -> t
   shapes = param_shapes(cfg)
   params: Params = {}
   missing = []
-  for path, name, to_ours, to_hf in tensor_map(cfg):
-    if name not in tensors:
-      missing.append(name)
+  for path, names, to_ours, to_hf in tensor_map(cfg):
+    absent = [n for n in names if n not in tensors]
+    if absent:
+      missing.extend(absent)
       continue
-    value, expected = np.asarray(tensors[name]), shapes[path]
-    expected_hf = to_hf(np.zeros(expected, np.float32)).shape
-    if value.shape != expected_hf:
-      raise CheckpointError(f"{ckpt_dir}: tensor {name} has shape {value.shape}, expected "
-                            f"{expected_hf} (config.json says {cfg.arch} with hidden_size "
-                            f"{cfg.hidden_size}, vocab_size {cfg.vocab_size}).")
-    _set(params, path, to_ours(value, expected).astype(np.float32))
+    expected = shapes[path]
+    for name, value, want in zip(names, (np.asarray(tensors[n]) for n in names),
+                                 (a.shape for a in to_hf(np.zeros(expected, np.float32)))):
+      if value.shape != want:
+        raise CheckpointError(f"{ckpt_dir}: tensor {name} has shape {value.shape}, expected "
+                              f"{want} (config.json says {cfg.arch} with hidden_size "
+                              f"{cfg.hidden_size}, vocab_size {cfg.vocab_size}).")
+    _set(params, path, to_ours([np.asarray(tensors[n]) for n in names], expected).astype(np.float32))
   if missing:
     raise CheckpointError(f"{ckpt_dir}: missing tensors {missing[:8]}"
                           f"{' and %d more' % (len(missing) - 8) if len(missing) > 8 else ''}.")
@@ -335,8 +346,9 @@ def export(params: Params, cfg: TransformerConfig, head: HeadConfig, out_dir: st
   tmp = out_dir.with_name(out_dir.name + ".tmp")
   shutil.rmtree(tmp, ignore_errors=True)
   tmp.mkdir(parents=True)
-  tensors = {name: np.ascontiguousarray(to_hf(np.asarray(_get(params, path), np.float32)))
-             for path, name, _, to_hf in tensor_map(cfg)}
+  tensors = {name: np.ascontiguousarray(value)
+             for path, names, _, to_hf in tensor_map(cfg)
+             for name, value in zip(names, to_hf(np.asarray(_get(params, path), np.float32)))}
   safetensors.numpy.save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
   (tmp / "config.json").write_text(json.dumps(config_to_hf(cfg), indent=2))
   for name in TOKENIZER_FILES:
