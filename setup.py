@@ -14,6 +14,8 @@ INSTALL_REQUIRES = [
     "tokenizers==0.23.3",
     "safetensors==0.8.0",
     "tensorflow-datasets==4.9.10",
+    "importlib_resources==6.5.2",  # etils needs it for TFDS builder code paths (not declared by tfds).
+    "array_record==0.8.6",
     "scann==1.4.2",
     "bm25s==0.3.16",
     "tqdm==4.70.1",

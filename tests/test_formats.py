@@ -256,3 +256,12 @@ def test_dpr_passages_unquote_csv_fields(tmp_path, name):
                 '2\tplain text\t"""Weird Al"" Yankovic"\n')
   assert list(formats.iter_dpr_passages(path)) == [Document("1", 'Aaron Aaron ( or ; "Ahärôn") is a prophet', "Aaron"),
                                                     Document("2", "plain text", '"Weird Al" Yankovic')]
+
+
+def test_write_beir_rejects_ids_that_would_corrupt_the_tsv(tmp_path):
+  write_beir = formats.write_beir
+  with pytest.raises(DataError, match=r"document id 'a\\tb'"):
+    write_beir(tmp_path / "x", [Document("a\tb", "text")], {"q": "t"}, {"test": {"q": {"a\tb": 1}}})
+  with pytest.raises(DataError, match="query id ''"):
+    write_beir(tmp_path / "y", [Document("d", "text")], {"": "t"}, {"test": {}})
+  assert not (tmp_path / "x").exists()

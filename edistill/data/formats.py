@@ -69,6 +69,11 @@ def write_beir(out_dir: str | os.PathLike, corpus: Iterable[Document], queries: 
   """
   out = Path(out_dir)
   docs = list(corpus)
+  # Ids go into TSV qrels unescaped: a tab or newline in one would corrupt the file silently.
+  for kind, ids in (("document", (d.doc_id for d in docs)), ("query", queries)):
+    bad = next((i for i in ids if not i or any(c in i for c in "\t\n\r")), None)
+    if bad is not None:
+      raise DataError(f"{out}: {kind} id {bad!r} is empty or contains a tab/newline.")
   _atomic_write_lines(out / "corpus.jsonl", (json.dumps({"_id": d.doc_id, "title": d.title, "text": d.text},
                                                         ensure_ascii=False) for d in docs))
   _atomic_write_lines(out / "queries.jsonl", (json.dumps({"_id": q, "text": t}, ensure_ascii=False)

@@ -1,0 +1,204 @@
+"""TFDS builders (manual_dir) for retrieval datasets: prepared once, then read with random access.
+
+One schema for every format. Splits: ``corpus`` (one record per document) and ``queries_<split>``
+(one record per query, carrying that split's qrels and any mined hard negatives):
+
+  id                str
+  title, text       str   (queries: empty title)
+  relevant_ids      [str] (documents: empty)
+  relevant_scores   [int32]
+  hard_negative_ids [str]
+
+Configs: ``beir`` (a BEIR directory, which is also what edistill's offline benchmark builders
+write), ``msmarco`` (collection.tsv, queries.{train,dev}.tsv, qrels.{train,dev}.tsv; the ``.small``
+dev files are used when the full ones are absent) and ``dpr_nq`` (psgs_w100.tsv and
+biencoder-nq-{train,dev}.json). Files are written as array_record and read back with
+``builder.as_data_source()``: TensorFlow is never imported, and training never touches the raw files.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import tensorflow_datasets as tfds
+from absl import logging
+from tqdm.auto import tqdm
+
+from edistill.data import formats
+
+KINDS = ("beir", "msmarco", "dpr_nq")
+
+
+class Retrieval(tfds.core.GeneratorBasedBuilder):
+  """A retrieval dataset (corpus + queries with qrels) from files placed in the manual dir."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=k, description=f"{k} files in the manual dir") for k in KINDS]
+  errors = "raise"  # Reader policy while preparing: "raise", or "warn" (skip bad lines, count them).
+  MANUAL_DOWNLOAD_INSTRUCTIONS = """Place the dataset files in the manual dir:
+  beir:    corpus.jsonl, queries.jsonl, qrels/<split>.tsv
+  msmarco: collection.tsv, queries.train.tsv, qrels.train.tsv, queries.dev[.small].tsv, qrels.dev[.small].tsv
+  dpr_nq:  psgs_w100.tsv, biencoder-nq-train.json, biencoder-nq-dev.json"""
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    text = tfds.features.Text()
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description="Retrieval corpus and queries with relevance judgements (edistill schema).",
+        features=tfds.features.FeaturesDict({
+            "id": text, "title": text, "text": text,
+            "relevant_ids": tfds.features.Sequence(text),
+            "relevant_scores": tfds.features.Sequence(np.int32),
+            "hard_negative_ids": tfds.features.Sequence(text)}))
+
+  def _split_generators(self, dl_manager):
+    root = Path(dl_manager.manual_dir)
+    splits = {"beir": _beir_splits, "msmarco": _msmarco_splits, "dpr_nq": _dpr_splits}[self.builder_config.name](
+        root, self.errors)
+    if len(splits) < 2:
+      raise formats.DataError(f"{root}: found no query split for a {self.builder_config.name} dataset.\n"
+                              f"{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+    return {name: self._generate_examples(records) for name, records in splits.items()}
+
+  def _generate_examples(self, records):
+    for r in records:
+      yield r["id"], r
+
+
+def _doc_record(d: formats.Document) -> dict:
+  return {"id": d.doc_id, "title": d.title, "text": d.text, "relevant_ids": [], "relevant_scores": [],
+          "hard_negative_ids": []}
+
+
+def _query_records(queries: dict[str, str], qrels: formats.Qrels,
+                   hard: dict[str, list[str]] | None = None) -> Iterator[dict]:
+  for q in sorted(qrels):
+    yield {"id": q, "title": "", "text": queries[q], "relevant_ids": list(qrels[q]),
+           "relevant_scores": list(qrels[q].values()), "hard_negative_ids": (hard or {}).get(q, [])}
+
+
+def _first(root: Path, *names: str) -> Path | None:
+  """The first of ``names`` present in ``root``, plain or gzipped."""
+  return next((p for n in names for p in (root / n, root / f"{n}.gz") if p.is_file()), None)
+
+
+def _check(qrels, queries, doc_ids, source, errors):
+  return formats.check_qrels(qrels, doc_ids, queries, source, errors=errors)
+
+
+def _beir_splits(root: Path, errors: str) -> dict:
+  corpus_path = _first(root, "corpus.jsonl")
+  if corpus_path is None:
+    raise formats.DataError(f"{root}: no corpus.jsonl.")
+  doc_ids = {d.doc_id for d in formats.iter_beir_corpus(corpus_path, errors=errors)}
+  queries = formats.read_beir_queries(_first(root, "queries.jsonl") or root / "queries.jsonl", errors=errors)
+  out = {"corpus": (_doc_record(d) for d in formats.iter_beir_corpus(corpus_path, errors=errors, check_duplicates=False))}
+  for path in sorted((root / "qrels").glob("*.tsv*")):
+    split = path.name.split(".")[0]
+    qrels = _check(formats.read_beir_qrels(path, errors=errors), queries, doc_ids, path, errors)
+    out[f"queries_{split}"] = _query_records(queries, qrels)
+  return out
+
+
+def _msmarco_splits(root: Path, errors: str) -> dict:
+  collection = _first(root, "collection.tsv")
+  if collection is None:
+    raise formats.DataError(f"{root}: no collection.tsv.")
+  doc_ids = {d.doc_id for d in formats.iter_msmarco_collection(collection, errors=errors)}
+  out = {"corpus": (_doc_record(d) for d in formats.iter_msmarco_collection(collection, errors=errors,
+                                                                            check_duplicates=False))}
+  for split in ("train", "dev"):
+    q_path = _first(root, f"queries.{split}.tsv", f"queries.{split}.small.tsv")
+    r_path = _first(root, f"qrels.{split}.tsv", f"qrels.{split}.small.tsv")
+    if q_path and r_path:
+      queries = formats.read_msmarco_queries(q_path, errors=errors)
+      qrels = _check(formats.read_msmarco_qrels(r_path, errors=errors), queries, doc_ids, r_path, errors)
+      out[f"queries_{split}"] = _query_records(queries, qrels)
+  return out
+
+
+def _dpr_splits(root: Path, errors: str) -> dict:
+  passages = _first(root, "psgs_w100.tsv")
+  if passages is None:
+    raise formats.DataError(f"{root}: no psgs_w100.tsv.")
+  doc_ids = {d.doc_id for d in formats.iter_dpr_passages(passages, errors=errors)}
+  out = {"corpus": (_doc_record(d) for d in formats.iter_dpr_passages(passages, errors=errors, check_duplicates=False))}
+  for split in ("train", "dev"):
+    path = _first(root, f"biencoder-nq-{split}.json")
+    if path is None:
+      continue
+    queries, qrels, hard = {}, {}, {}
+    for i, ex in enumerate(formats.iter_dpr_examples(path, errors=errors)):
+      q = f"{split}-{i}"
+      queries[q] = ex.question
+      qrels[q] = {d.doc_id: 1 for d in ex.positives}
+      hard[q] = [d.doc_id for d in ex.hard_negatives]
+    qrels = _check(qrels, queries, doc_ids, path, errors)
+    out[f"queries_{split}"] = _query_records(queries, qrels, hard)
+  return out
+
+
+def builder(kind: str, manual_dir: str | os.PathLike, data_dir: str | os.PathLike, errors: str = "raise") -> Retrieval:
+  """The builder of ``kind`` over ``manual_dir``, prepared into ``data_dir`` if not yet there."""
+  if kind not in KINDS:
+    raise ValueError(f"unknown dataset kind {kind!r}; expected one of {KINDS}.")
+  b = Retrieval(config=kind, data_dir=str(data_dir), file_format="array_record")
+  b.errors = errors
+  if not b.is_prepared():
+    if not Path(manual_dir).is_dir() or not any(Path(manual_dir).iterdir()):
+      raise formats.DataError(f"{manual_dir}: missing or empty.\n{Retrieval.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+    logging.info("Preparing %s from %s into %s", kind, manual_dir, data_dir)
+    b.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
+  return b
+
+
+@dataclasses.dataclass
+class RetrievalSet:
+  """What training/evaluation reads: documents, one split's queries and qrels, as plain Python."""
+
+  doc_ids: list[str]
+  doc_texts: list[str]
+  query_ids: list[str]
+  query_texts: list[str]
+  qrels: formats.Qrels
+  hard_negatives: dict[str, list[str]]
+
+
+def _read_all(source, desc: str, chunk: int = 65536) -> Iterator[dict]:
+  for start in tqdm(range(0, len(source), chunk), desc=desc, disable=len(source) < chunk):
+    yield from source.__getitems__(range(start, min(start + chunk, len(source))))
+
+
+def _str(x) -> str:
+  return x.decode("utf-8") if isinstance(x, bytes) else str(x)
+
+
+def doc_text(title: str, text: str) -> str:
+  """The text a document is encoded from: BEIR's convention, title then body."""
+  return f"{title} {text}" if title else text
+
+
+def load(b: Retrieval, split: str) -> RetrievalSet:
+  """Reads the corpus and ``queries_<split>`` of a prepared builder."""
+  sources = b.as_data_source()
+  name = f"queries_{split}"
+  if name not in sources:
+    raise KeyError(f"split {split!r} not in {b.info.full_name}; available: "
+                   f"{sorted(s[len('queries_'):] for s in sources if s.startswith('queries_'))}")
+  doc_ids, doc_texts = [], []
+  for r in _read_all(sources["corpus"], "read corpus"):
+    doc_ids.append(_str(r["id"]))
+    doc_texts.append(doc_text(_str(r["title"]), _str(r["text"])))
+  query_ids, query_texts, qrels, hard = [], [], {}, {}
+  for r in _read_all(sources[name], f"read {name}"):
+    q = _str(r["id"])
+    query_ids.append(q)
+    query_texts.append(_str(r["text"]))
+    qrels[q] = {_str(d): int(s) for d, s in zip(r["relevant_ids"], r["relevant_scores"])}
+    if len(r["hard_negative_ids"]):
+      hard[q] = [_str(d) for d in r["hard_negative_ids"]]
+  return RetrievalSet(doc_ids, doc_texts, query_ids, query_texts, qrels, hard)

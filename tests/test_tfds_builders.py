@@ -1,0 +1,82 @@
+"""TFDS builders: prepared once from raw files, then read without them."""
+import gzip
+import json
+import shutil
+
+import pytest
+
+from edistill.data import formats, tfds_builders
+from edistill.data.formats import Document
+
+
+def _beir(tmp_path):
+  docs = [Document("d1", "Rivers flow.", "River"), Document("d2", "Dogs bark."), Document("d3", "Café ☕")]
+  return formats.write_beir(tmp_path / "raw", docs, {"q1": "what flows", "q2": "who barks", "q3": "coffee"},
+                            {"train": {"q1": {"d1": 1}, "q2": {"d2": 2, "d3": 0}}, "test": {"q3": {"d3": 1}}})
+
+
+def test_beir_round_trip_and_reading_needs_no_raw_files(tmp_path):
+  raw = _beir(tmp_path)
+  b = tfds_builders.builder("beir", raw, tmp_path / "tfds")
+  shutil.rmtree(raw)
+  b = tfds_builders.builder("beir", raw, tmp_path / "tfds")  # Prepared: the raw files are not needed.
+  train = tfds_builders.load(b, "train")
+  assert sorted(zip(train.doc_ids, train.doc_texts)) == [("d1", "River Rivers flow."), ("d2", "Dogs bark."),
+                                                         ("d3", "Café ☕")]
+  assert sorted(train.query_ids) == ["q1", "q2"] and train.qrels == {"q1": {"d1": 1}, "q2": {"d2": 2, "d3": 0}}
+  assert dict(zip(train.query_ids, train.query_texts))["q2"] == "who barks"
+  test = tfds_builders.load(b, "test")
+  assert test.query_ids == ["q3"] and test.qrels == {"q3": {"d3": 1}}
+  with pytest.raises(KeyError, match=r"available: \['test', 'train'\]"):
+    tfds_builders.load(b, "dev")
+
+
+def test_msmarco_files(tmp_path):
+  raw = tmp_path / "raw"
+  raw.mkdir()
+  (raw / "collection.tsv").write_text("0\tThe first passage.\n1\tA \"quoted\" passage.\n2\tThird.\n")
+  with gzip.open(raw / "queries.train.tsv.gz", "wt") as f:
+    f.write("100\tfirst?\n101\tquoted?\n")
+  (raw / "qrels.train.tsv").write_text("100\t0\t0\t1\n101\t0\t1\t1\n")
+  (raw / "queries.dev.small.tsv").write_text("200\tthird?\n")
+  (raw / "qrels.dev.small.tsv").write_text("200 0 2 1\n")
+  b = tfds_builders.builder("msmarco", raw, tmp_path / "tfds")
+  train = tfds_builders.load(b, "train")
+  assert train.qrels == {"100": {"0": 1}, "101": {"1": 1}}
+  assert dict(zip(train.doc_ids, train.doc_texts))["1"] == 'A "quoted" passage.'
+  assert tfds_builders.load(b, "dev").qrels == {"200": {"2": 1}}
+
+
+def test_dpr_nq_keeps_hard_negatives(tmp_path):
+  raw = tmp_path / "raw"
+  raw.mkdir()
+  (raw / "psgs_w100.tsv").write_text("id\ttext\ttitle\n1\tAaron was a prophet.\tAaron\n2\tMoses led.\tMoses\n"
+                                     "3\tPharaoh ruled.\tPharaoh\n")
+  ex = [{"question": "who was aaron", "answers": ["a prophet"],
+         "positive_ctxs": [{"title": "Aaron", "text": "Aaron was a prophet.", "passage_id": "1"}],
+         "negative_ctxs": [], "hard_negative_ctxs": [{"title": "Moses", "text": "Moses led.", "passage_id": "2"}]}]
+  (raw / "biencoder-nq-train.json").write_text(json.dumps(ex))
+  train = tfds_builders.load(tfds_builders.builder("dpr_nq", raw, tmp_path / "tfds"), "train")
+  assert train.qrels == {"train-0": {"1": 1}} and train.hard_negatives == {"train-0": ["2"]}
+  assert dict(zip(train.doc_ids, train.doc_texts))["1"] == "Aaron Aaron was a prophet."
+
+
+def test_qrels_naming_a_missing_document_fail_at_prepare_time(tmp_path):
+  raw = _beir(tmp_path)
+  with open(raw / "qrels" / "test.tsv", "a") as f:
+    f.write("q3\tnope\t1\n")
+  with pytest.raises(formats.DataError, match="nope"):
+    tfds_builders.builder("beir", raw, tmp_path / "tfds")
+  b = tfds_builders.builder("beir", raw, tmp_path / "tfds2", errors="warn")  # Dropped and counted instead.
+  assert tfds_builders.load(b, "test").qrels == {"q3": {"d3": 1}}
+
+
+def test_empty_manual_dir_explains_what_to_place(tmp_path):
+  (tmp_path / "raw").mkdir()
+  with pytest.raises(formats.DataError, match="missing or empty.\nPlace the dataset files"):
+    tfds_builders.builder("msmarco", tmp_path / "raw", tmp_path / "tfds")
+  (tmp_path / "raw" / "queries.train.tsv").write_text("1\tq\n")
+  with pytest.raises(formats.DataError, match="no collection.tsv"):
+    tfds_builders.builder("msmarco", tmp_path / "raw", tmp_path / "tfds")
+  with pytest.raises(ValueError, match="unknown dataset kind"):
+    tfds_builders.builder("squad", tmp_path / "raw", tmp_path / "tfds")
