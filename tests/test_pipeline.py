@@ -117,3 +117,25 @@ def test_bad_configurations_are_rejected():
     pipeline.Pipeline(ex, _tokens(1), _tokens(1), 4, process_count=3)
   with pytest.raises(ValueError, match="cannot fill"):
     pipeline.Pipeline(ex, _tokens(1), _tokens(1), 8)
+
+
+def test_pipeline_from_a_loaded_retrieval_set(tmp_path):
+  from edistill.data.tfds_builders import RetrievalSet
+  tok = tokenization.load_tokenizer(write_wordpiece_vocab(tmp_path))
+  rs = RetrievalSet(doc_ids=["d0", "d1", "d2", "d3"], doc_texts=["the cat", "the dog", "the mat", "cats sat"],
+                    query_ids=["q0", "q1"], query_texts=["cat", "dog on mat"],
+                    qrels={"q0": {"d0": 1, "d3": 1}, "q1": {"d1": 1, "d2": 0}}, hard_negatives={"q1": ["d2"]})
+  p = pipeline.from_retrieval_set(rs, tok, tok, 4, 5, global_batch_size=3, num_hard_negatives=1, seed=0)
+  assert len(p.examples) == 3 and p.steps_per_epoch == 1
+  q1 = p.examples.query.tolist().index(1)
+  assert p.examples.docs[q1].tolist() == [1, 2]  # Mined negative d2 used (relevance 0 is not positive).
+  b = p.batch(0)
+  assert b["query_input_ids"].shape == (3, 4) and b["doc_input_ids"].shape == (3, 2, 5)
+  # Both positives of q0 are in the batch: each q0 row masks the other's positive column.
+  cols = b["doc_index"].reshape(-1)
+  relevant = {0: {0, 3}, 1: {1}}
+  for i, q in enumerate(b["query_index"]):
+    expected = [c != 2 * i and cols[c] in relevant[int(q)] for c in range(6)]
+    assert b["negative_mask"][i].tolist() == expected
+  q0_rows = [i for i, q in enumerate(b["query_index"]) if q == 0]
+  assert all(b["negative_mask"][i].sum() >= 1 for i in q0_rows)

@@ -179,3 +179,22 @@ class Pipeline:
     while num_steps is None or step < start_step + num_steps:
       yield self.batch(step)
       step += 1
+
+
+def from_retrieval_set(data, query_tokenizer, doc_tokenizer, max_query_length: int, max_doc_length: int,
+                       global_batch_size: int, num_hard_negatives: int = 0, seed: int = 0,
+                       process_index: int = 0, process_count: int = 1) -> Pipeline:
+  """A training pipeline over a loaded split (``tfds_builders.RetrievalSet``).
+
+  Mined hard negatives stored with the queries (e.g. DPR's) are used first; random documents fill
+  the rest. Query and document tables keep the set's order, so ``query_index``/``doc_index`` in a
+  batch address precomputed teacher embeddings of the same set.
+  """
+  positives = relevant_docs(data.qrels, data.query_ids, data.doc_ids)
+  d_row = {d: i for i, d in enumerate(data.doc_ids)}
+  q_row = {q: i for i, q in enumerate(data.query_ids)}
+  hard = {q_row[q]: [d_row[d] for d in ds if d in d_row] for q, ds in data.hard_negatives.items()}
+  examples = build_examples(positives, len(data.doc_ids), num_hard_negatives, hard, seed)
+  queries = tokenize_texts(query_tokenizer, data.query_texts, max_query_length, desc="tokenize queries")
+  docs = tokenize_texts(doc_tokenizer, data.doc_texts, max_doc_length, desc="tokenize documents")
+  return Pipeline(examples, queries, docs, global_batch_size, seed, process_index, process_count, positives)
