@@ -90,13 +90,19 @@ def _check(qrels, queries, doc_ids, source, errors):
   return formats.check_qrels(qrels, doc_ids, queries, source, errors=errors)
 
 
+def _corpus(root: Path, name: str, reader, errors: str) -> tuple[set[str], Iterator[dict]]:
+  """Validates the corpus file once (ids, duplicates) and returns its ids and a record stream."""
+  path = _first(root, name)
+  if path is None:
+    raise formats.DataError(f"{root}: no {name}.")
+  doc_ids = {d.doc_id for d in reader(path, errors=errors)}
+  return doc_ids, (_doc_record(d) for d in reader(path, errors=errors, check_duplicates=False))
+
+
 def _beir_splits(root: Path, errors: str) -> dict:
-  corpus_path = _first(root, "corpus.jsonl")
-  if corpus_path is None:
-    raise formats.DataError(f"{root}: no corpus.jsonl.")
-  doc_ids = {d.doc_id for d in formats.iter_beir_corpus(corpus_path, errors=errors)}
+  doc_ids, records = _corpus(root, "corpus.jsonl", formats.iter_beir_corpus, errors)
   queries = formats.read_beir_queries(_first(root, "queries.jsonl") or root / "queries.jsonl", errors=errors)
-  out = {"corpus": (_doc_record(d) for d in formats.iter_beir_corpus(corpus_path, errors=errors, check_duplicates=False))}
+  out = {"corpus": records}
   for path in sorted((root / "qrels").glob("*.tsv*")):
     split = path.name.split(".")[0]
     qrels = _check(formats.read_beir_qrels(path, errors=errors), queries, doc_ids, path, errors)
@@ -105,12 +111,8 @@ def _beir_splits(root: Path, errors: str) -> dict:
 
 
 def _msmarco_splits(root: Path, errors: str) -> dict:
-  collection = _first(root, "collection.tsv")
-  if collection is None:
-    raise formats.DataError(f"{root}: no collection.tsv.")
-  doc_ids = {d.doc_id for d in formats.iter_msmarco_collection(collection, errors=errors)}
-  out = {"corpus": (_doc_record(d) for d in formats.iter_msmarco_collection(collection, errors=errors,
-                                                                            check_duplicates=False))}
+  doc_ids, records = _corpus(root, "collection.tsv", formats.iter_msmarco_collection, errors)
+  out = {"corpus": records}
   for split in ("train", "dev"):
     q_path = _first(root, f"queries.{split}.tsv", f"queries.{split}.small.tsv")
     r_path = _first(root, f"qrels.{split}.tsv", f"qrels.{split}.small.tsv")
@@ -122,11 +124,8 @@ def _msmarco_splits(root: Path, errors: str) -> dict:
 
 
 def _dpr_splits(root: Path, errors: str) -> dict:
-  passages = _first(root, "psgs_w100.tsv")
-  if passages is None:
-    raise formats.DataError(f"{root}: no psgs_w100.tsv.")
-  doc_ids = {d.doc_id for d in formats.iter_dpr_passages(passages, errors=errors)}
-  out = {"corpus": (_doc_record(d) for d in formats.iter_dpr_passages(passages, errors=errors, check_duplicates=False))}
+  doc_ids, records = _corpus(root, "psgs_w100.tsv", formats.iter_dpr_passages, errors)
+  out = {"corpus": records}
   for split in ("train", "dev"):
     path = _first(root, f"biencoder-nq-{split}.json")
     if path is None:
