@@ -80,3 +80,18 @@ def test_empty_manual_dir_explains_what_to_place(tmp_path):
     tfds_builders.builder("msmarco", tmp_path / "raw", tmp_path / "tfds")
   with pytest.raises(ValueError, match="unknown dataset kind"):
     tfds_builders.builder("squad", tmp_path / "raw", tmp_path / "tfds")
+
+
+def test_stdlib_benchmark_flows_from_builder_through_tfds_into_batches(tmp_path):
+  from edistill.data import pipeline, sources
+  from edistill.models import tokenization
+  from tests.conftest import write_wordpiece_vocab
+  raw = sources.build("stdlib", tmp_path / "stdlib", corpus_size=800, train_share=0.5)
+  b = tfds_builders.builder("beir", raw, tmp_path / "tfds")
+  test, train = tfds_builders.load(b, "test"), tfds_builders.load(b, "train")
+  assert len(test.doc_ids) == 800 and set(test.doc_ids) == set(train.doc_ids)
+  assert all(d in set(test.doc_ids) for ds in test.qrels.values() for d in ds)
+  assert not set(test.query_ids) & set(train.query_ids)
+  tok = tokenization.load_tokenizer(write_wordpiece_vocab(tmp_path))
+  p = pipeline.from_retrieval_set(train, tok, tok, 16, 32, global_batch_size=8)
+  assert p.batch(0)["doc_input_ids"].shape == (8, 1, 32)
