@@ -1,30 +1,83 @@
-"""Shared config pieces and validation with clear errors.
+"""Shared config defaults, presets and validation with clear errors.
 
-A config is an ``ml_collections.ConfigDict`` returned by ``get_config(arg)`` in ``configs/X.py``;
-``--config configs/X.py:arg`` passes ``arg`` and ``--config.a.b=v`` overrides a field (an unknown
-field is rejected by ConfigDict itself, naming the key).
+A config is an ``ml_collections.ConfigDict`` returned by ``get_config(arg)`` in ``configs/X.py``.
+``--config configs/X.py:arg`` passes ``arg`` (``k=v`` pairs and flags, e.g. ``row=qemb,runlocal``);
+``--config.a.b=v`` overrides a field; an unknown field is rejected by ConfigDict itself, naming it.
 """
 from __future__ import annotations
 
 import ml_collections
 
-MODES = ("similarity",)
+MODES = ("train", "similarity")
+STUDENT_KINDS = ("tied", "untied", "asymmetric")
+SOURCES = ("stdlib", "wordnet_gcide", "debian", "beir", "msmarco", "dpr_nq")
 
 
-def encoder_config(name: str, max_length: int = 128, num_layers: int | None = None,
-                   pooling: str = "mean", normalize: bool = True) -> ml_collections.ConfigDict:
-  """One encoder: a zoo name or local HF directory, plus its head and sequence length."""
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+  """"a=1,b=x,runlocal" -> ConfigDict(a=1, b='x', runlocal=True), typed like ``defaults``."""
+  out = dict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    key, eq, value = item.partition("=")
+    if key not in out:
+      raise ValueError(f"unknown config argument {key!r}; expected one of {sorted(out)}.")
+    if not eq:
+      out[key] = True
+    elif isinstance(defaults[key], bool):
+      out[key] = value.lower() in ("1", "true", "yes")
+    else:
+      out[key] = type(defaults[key])(value)
+  return ml_collections.ConfigDict(out)
+
+
+def encoder_config(name: str, max_length: int = 128, num_layers: int = 0, pooling: str = "mean",
+                   normalize: bool = True) -> ml_collections.ConfigDict:
+  """One encoder: a zoo name or local HF directory, its head, and ``num_layers`` (0 = all)."""
   return ml_collections.ConfigDict({
-      "name": name, "max_length": max_length, "num_layers": num_layers or 0,
+      "name": name, "max_length": max_length, "num_layers": num_layers,
       "pooling": pooling, "normalize": normalize, "dtype": "float32"})
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
+def base_config() -> ml_collections.ConfigDict:
+  """Every field a training config has, with defaults (presets change values, never add keys)."""
+  cfg = ml_collections.ConfigDict()
+  cfg.mode = "train"
+  cfg.seed = 0
+  cfg.data = ml_collections.ConfigDict({
+      "source": "wordnet_gcide", "path": "", "corpus_size": 10000, "split": "train", "errors": "raise",
+      "max_query_length": 32, "max_doc_length": 128, "num_hard_negatives": 0})
+  cfg.teacher = encoder_config("mpnet-base")
+  cfg.teacher.batch_size = 64
+  cfg.student = encoder_config("minilm-l6")
+  cfg.student.kind = "asymmetric"
+  cfg.loss = ml_collections.ConfigDict({
+      "label": 1.0, "score": 1.0, "margin_mse": 0.0, "query_emb": 1.0, "doc_emb": 0.0,
+      "temperature": 0.05, "student_temperature": 0.05, "teacher_temperature": 0.05,
+      "score_kind": "softmax_ce", "emb_kind": "l2"})
+  cfg.train = ml_collections.ConfigDict({
+      "batch_size": 64, "steps": 2000, "learning_rate": 5e-5, "warmup_steps": 100, "weight_decay": 0.01,
+      "grad_clip": 1.0, "schedule": "cosine", "frozen": [], "log_every": 20, "checkpoint_every": 500,
+      "keep_checkpoints": 2, "init_from": ""})
+  cfg.querygen = ml_collections.ConfigDict({"ratio": 0.0, "ict_fraction": 0.5})
+  cfg.mesh = ml_collections.ConfigDict({"data": -1, "model": 1})
+  return cfg
+
+
+def runlocal(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The same experiment shrunk to run in seconds on a laptop CPU (tiny data, few steps)."""
+  cfg.data.source, cfg.data.corpus_size = "stdlib", 600
+  cfg.data.max_query_length, cfg.data.max_doc_length = 16, 32
+  cfg.teacher.num_layers, cfg.teacher.batch_size = 1, 128
+  cfg.student.num_layers = 1
+  cfg.train.update(batch_size=8, steps=2, warmup_steps=0, log_every=1, checkpoint_every=0)
+  return cfg
+
+
+def validate(cfg: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the offending key for inconsistent values."""
-  if config.mode not in MODES:
-    raise ValueError(f"config.mode={config.mode!r}; expected one of {MODES}.")
+  if cfg.mode not in MODES:
+    raise ValueError(f"config.mode={cfg.mode!r}; expected one of {MODES}.")
   for key in ("teacher", "student"):
-    enc = config[key]
+    enc = cfg[key]
     if enc.pooling not in ("mean", "cls"):
       raise ValueError(f"config.{key}.pooling={enc.pooling!r}; expected 'mean' or 'cls'.")
     if enc.dtype not in ("float32", "bfloat16"):
@@ -33,3 +86,25 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"config.{key}.max_length={enc.max_length} is too short.")
     if enc.num_layers < 0:
       raise ValueError(f"config.{key}.num_layers={enc.num_layers} must be >= 0 (0 = all layers).")
+  if cfg.mode != "train":
+    return
+  if cfg.student.kind not in STUDENT_KINDS:
+    raise ValueError(f"config.student.kind={cfg.student.kind!r}; expected one of {STUDENT_KINDS}.")
+  if cfg.data.source not in SOURCES:
+    raise ValueError(f"config.data.source={cfg.data.source!r}; expected one of {SOURCES}.")
+  for k in ("label", "score", "margin_mse", "query_emb", "doc_emb"):
+    if cfg.loss[k] < 0:
+      raise ValueError(f"config.loss.{k}={cfg.loss[k]} must be >= 0.")
+  if not any(cfg.loss[k] for k in ("label", "score", "margin_mse", "query_emb", "doc_emb")):
+    raise ValueError("config.loss: every term has weight 0; nothing to train.")
+  if cfg.student.kind == "asymmetric" and cfg.loss.doc_emb:
+    raise ValueError("config.loss.doc_emb must be 0 for an asymmetric student (its documents are the teacher's).")
+  for k in ("temperature", "student_temperature", "teacher_temperature"):
+    if cfg.loss[k] <= 0:
+      raise ValueError(f"config.loss.{k}={cfg.loss[k]} must be > 0.")
+  if cfg.train.batch_size < 2:
+    raise ValueError(f"config.train.batch_size={cfg.train.batch_size}: in-batch negatives need >= 2.")
+  if cfg.train.steps < 1 or cfg.train.log_every < 1:
+    raise ValueError("config.train.steps and config.train.log_every must be >= 1.")
+  if not 0 <= cfg.querygen.ratio < 1:
+    raise ValueError(f"config.querygen.ratio={cfg.querygen.ratio} must be in [0, 1).")

@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -69,8 +70,15 @@ def main(argv):
   config_lib.validate(config)
   workdir = Path(_WORKDIR.value)
   workdir.mkdir(parents=True, exist_ok=True)
-  (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
-  print(run_similarity(config, workdir))
+  if jax.process_index() == 0:
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+  if config.mode == "similarity":
+    print(run_similarity(config, workdir))
+  elif config.mode == "train":
+    from edistill.train import loop
+    metrics = loop.train(config, workdir)
+    if jax.process_index() == 0:
+      print(json.dumps(metrics, indent=2))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ biencoder-nq-{train,dev}.json). Files are written as array_record and read back 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from pathlib import Path
 from typing import Iterator
@@ -201,3 +202,26 @@ def load(b: Retrieval, split: str) -> RetrievalSet:
     if len(r["hard_negative_ids"]):
       hard[q] = [_str(d) for d in r["hard_negative_ids"]]
   return RetrievalSet(doc_ids, doc_texts, query_ids, query_texts, qrels, hard)
+
+
+def prepare(source: str, path: str = "", corpus_size: int = 0, seed: int = 0, errors: str = "raise",
+            cache: str | os.PathLike | None = None) -> Retrieval:
+  """A prepared builder for a config's data section.
+
+  ``source`` is an offline benchmark (``stdlib``, ``wordnet_gcide``, ``debian``: built once into the
+  cache) or a raw format (``beir``, ``msmarco``, ``dpr_nq``) whose files are in ``path``.
+  """
+  from edistill.data import sources  # Only needed for the offline benchmarks.
+  root = Path(cache) if cache else Path(os.environ.get("EDISTILL_CACHE", Path.home() / ".cache" / "edistill"))
+  if source in sources.SOURCES:
+    name = f"{source}-{corpus_size or 'full'}-seed{seed}"
+    raw = root / "datasets" / name
+    if not (raw / "manifest.json").is_file():
+      sources.build(source, raw, seed=seed, corpus_size=corpus_size or None, train_share=0.5 if corpus_size else 0.0)
+    return builder("beir", raw, root / "tfds" / name, errors)
+  if source in KINDS:
+    if not path:
+      raise ValueError(f"config.data.path must name the {source} files' directory.")
+    key = hashlib.sha256(str(Path(path).absolute()).encode()).hexdigest()[:12]
+    return builder(source, path, root / "tfds" / f"{source}-{key}", errors)
+  raise ValueError(f"config.data.source={source!r}; expected one of {sorted((*sources.SOURCES, *KINDS))}.")

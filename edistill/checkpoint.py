@@ -1,0 +1,78 @@
+"""Orbax checkpoints of the student's train state (never the teacher).
+
+Initialisation order (big_vision): a checkpoint in the workdir (resume) > an explicit checkpoint to
+start from (its params only) > a pretrained HF checkpoint (the student's towers; see models.zoo) >
+scratch. Restores take an abstract target with shardings, so a checkpoint written on one mesh
+restores onto another.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+
+
+class CheckpointNotFoundError(FileNotFoundError):
+  """A checkpoint was asked for where none exists."""
+
+
+def abstract_like(tree, shardings=None):
+  """ShapeDtypeStructs (with shardings, if given) describing ``tree`` for a restore."""
+  if shardings is None:
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+class Checkpointer:
+  """Periodic, final and preemption saves of a train state under ``directory``."""
+
+  def __init__(self, directory: str | os.PathLike, max_to_keep: int = 3, every_steps: int = 0):
+    self.directory = Path(directory).absolute()
+    self.every_steps = every_steps
+    self.manager = ocp.CheckpointManager(
+        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self.manager.all_steps())
+
+  def should_save(self, step: int) -> bool:
+    return bool(self.every_steps) and step % self.every_steps == 0
+
+  def save(self, step: int, state: Any) -> None:
+    """Saves (blocking: the loop may donate the state's buffers right after)."""
+    if step in self.manager.all_steps():
+      return
+    self.manager.save(step, args=ocp.args.StandardSave(state))
+    self.manager.wait_until_finished()
+    logging.info("Saved checkpoint %d to %s", step, self.directory)
+
+  def restore(self, target: Any, step: int | None = None) -> Any:
+    """Restores ``step`` (default: latest) into the structure/shardings of ``target`` (abstract ok)."""
+    step = self.latest_step() if step is None else step
+    if step is None or step not in self.manager.all_steps():
+      raise CheckpointNotFoundError(f"{self.directory}: no checkpoint at step {step} "
+                                    f"(available: {self.all_steps()}).")
+    return self.manager.restore(step, args=ocp.args.StandardRestore(abstract_like(target)))
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+def restore_params(directory: str | os.PathLike, state_target: Any, step: int | None = None) -> Any:
+  """The params of another run's checkpoint (init-from-checkpoint; optimizer state is not taken)."""
+  path = Path(directory)
+  if not path.is_dir():
+    raise CheckpointNotFoundError(f"{path}: init checkpoint directory does not exist.")
+  ckpt = Checkpointer(path)
+  try:
+    return ckpt.restore(state_target, step).params
+  finally:
+    ckpt.close()

@@ -1,0 +1,230 @@
+"""The training loop: data, teacher tables, student init, sharded state, steps, metrics, checkpoints.
+
+Resumes from the workdir's latest checkpoint (same batches after resume: the pipeline order is a
+function of the step), stops on a non-finite loss without saving the bad state (the last good
+checkpoint stays), saves on SIGTERM (preemption) and at the end. Only process 0 writes metrics.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from tqdm.auto import tqdm
+
+from edistill import checkpoint, mesh as mesh_lib, teachers
+from edistill.data import pipeline, querygen, tfds_builders
+from edistill.models import zoo
+from edistill.models.dual_encoder import DualEncoder, init_projection
+from edistill.models.encoder import Encoder
+from edistill.train import state as state_lib
+from edistill.train.step import LossConfig, jit_train_step
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss became NaN/Inf; the message names the step range since the last good check."""
+
+
+class MetricsWriter:
+  """TensorBoard event files + ``metrics.jsonl`` in the workdir (process 0 only)."""
+
+  def __init__(self, workdir: Path, enabled: bool = True):
+    self.enabled = enabled
+    if enabled:
+      from tensorboardX import SummaryWriter
+      self.tb = SummaryWriter(str(workdir / "tensorboard"))
+      self.jsonl = open(workdir / "metrics.jsonl", "a", encoding="utf-8")
+
+  def write(self, step: int, metrics: dict[str, float]) -> None:
+    if not self.enabled:
+      return
+    for k, v in metrics.items():
+      self.tb.add_scalar(k, v, step)
+    self.jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
+    self.jsonl.flush()
+
+  def close(self) -> None:
+    if self.enabled:
+      self.tb.close()
+      self.jsonl.close()
+
+
+def loss_config(cfg) -> LossConfig:
+  return LossConfig(**{f.name: cfg.loss[f.name] for f in dataclasses.fields(LossConfig)})
+
+
+def _texts_sha(texts) -> str:
+  h = hashlib.sha256()
+  for t in texts:
+    h.update(t.encode())
+    h.update(b"\0")
+  return h.hexdigest()
+
+
+def load_encoder(enc_cfg) -> zoo.Pretrained:
+  return zoo.load(enc_cfg.name, num_layers=enc_cfg.num_layers or None, pooling=enc_cfg.pooling,
+                  normalize=enc_cfg.normalize, dtype=jnp.dtype(enc_cfg.dtype))
+
+
+@dataclasses.dataclass
+class Setup:
+  """Everything the loop needs, built from a config (also used by tests and benchmarks)."""
+
+  pipe: pipeline.Pipeline
+  student: DualEncoder
+  teacher: teachers.Teacher | None
+  teacher_params: Any
+  init_params: Any
+  tokenizer: Any
+  tx: Any
+  loss: LossConfig
+
+
+def training_data(cfg):
+  """The train split, with generated queries mixed in at ``cfg.querygen.ratio``."""
+  b = tfds_builders.prepare(cfg.data.source, cfg.data.path, cfg.data.corpus_size, cfg.seed, cfg.data.errors)
+  data = tfds_builders.load(b, cfg.data.split)
+  if cfg.querygen.ratio > 0:
+    queries = dict(zip(data.query_ids, data.query_texts))
+    corpus = dict(zip(data.doc_ids, data.doc_texts))
+    n_pairs = sum(1 for ds in data.qrels.values() for r in ds.values() if r > 0)
+    want = int(round(n_pairs * cfg.querygen.ratio / (1 - cfg.querygen.ratio)))
+    key = querygen.cache_key("model_free", {"num": want, "ict": cfg.querygen.ict_fraction, "seed": cfg.seed},
+                             data.query_texts + data.doc_texts[:1000])
+    gen = querygen.cached(Path(zoo.cache_dir()) / "querygen" / f"{key}.jsonl",
+                          lambda: querygen.generate_model_free(queries, data.qrels, corpus, want,
+                                                               cfg.querygen.ict_fraction, cfg.seed))
+    queries, qrels = querygen.mix(queries, data.qrels, gen, cfg.querygen.ratio, cfg.seed)
+    logging.info("Mixed %d generated queries into %d training pairs", len(queries) - len(data.query_ids), n_pairs)
+    data = dataclasses.replace(data, query_ids=list(queries), query_texts=list(queries.values()), qrels=qrels)
+  return data
+
+
+def build(cfg, process_index: int = 0, process_count: int = 1) -> Setup:
+  """Data, student, teacher (tables precomputed once and cached) and optimizer for ``cfg``."""
+  loss = loss_config(cfg)
+  data = training_data(cfg)
+  student_pre = load_encoder(cfg.student)
+  pipe = pipeline.from_retrieval_set(
+      data, student_pre.tokenizer, student_pre.tokenizer, cfg.data.max_query_length, cfg.data.max_doc_length,
+      cfg.train.batch_size, cfg.data.num_hard_negatives, cfg.seed, process_index, process_count)
+  kind = cfg.student.kind
+  doc_encoder = student_pre.module if kind == "untied" else None
+  student = DualEncoder(student_pre.module, doc_encoder, kind)
+  params = {"query_tower": student_pre.params}
+  if kind == "untied":
+    params["doc_tower"] = jax.tree.map(np.copy, student_pre.params)
+
+  teacher, teacher_params = None, None
+  if loss.needs_teacher() or kind == "asymmetric":
+    tpre = load_encoder(cfg.teacher)
+    teacher = teachers.Teacher(tpre.module, "precomputed")
+    cache = Path(zoo.cache_dir()) / "teacher_tables"
+    base = dict(teacher=str(tpre.path), layers=tpre.config.num_layers, pooling=tpre.head.pooling,
+                normalize=tpre.head.normalize)
+    tables = {}
+    for name, texts, length in (("queries", data.query_texts, cfg.data.max_query_length),
+                                ("docs", data.doc_texts, cfg.data.max_doc_length)):
+      key = teachers.table_key(**base, kind=name, max_length=length, texts=_texts_sha(texts))
+      tables[name] = teachers.cached_table(cache, key, lambda texts=texts, length=length: teachers.encode_table(
+          tpre.module, tpre.params, pipeline.tokenize_texts(tpre.tokenizer, texts, length),
+          cfg.teacher.batch_size, desc=f"teacher {name}"))
+    teacher_params = tables
+    t_dim = tables["queries"].shape[1]
+    s_dim = student_pre.module.projection_dim or student_pre.config.hidden_size
+    rng = jax.random.key(cfg.seed + 1)
+    if (kind == "asymmetric" or loss.query_emb) and s_dim != t_dim:
+      params["query_projection"] = init_projection(jax.random.fold_in(rng, 0), s_dim, t_dim)
+    if loss.doc_emb and s_dim != t_dim:
+      params["doc_projection"] = init_projection(jax.random.fold_in(rng, 1), s_dim, t_dim)
+  tc = cfg.train
+  tx = state_lib.make_optimizer(tc.learning_rate, tc.steps, tc.warmup_steps, tc.weight_decay, tc.grad_clip,
+                                tc.schedule, tuple(tc.frozen))
+  return Setup(pipe, student, teacher, teacher_params, params, student_pre.tokenizer, tx, loss)
+
+
+def train(cfg, workdir: str | Path) -> dict[str, float]:
+  """Runs (or resumes) training to ``cfg.train.steps``; returns the last logged metrics."""
+  workdir = Path(workdir)
+  pid, nproc = jax.process_index(), jax.process_count()
+  setup = build(cfg, pid, nproc)
+  mesh = mesh_lib.make_mesh(dict(cfg.mesh))
+  batch_sharding = mesh_lib.batch_sharding(mesh)
+  abstract = jax.eval_shape(lambda p: state_lib.create(p, setup.tx, cfg.seed), setup.init_params)
+  state_sh = mesh_lib.tree_shardings(abstract, mesh)
+  teacher_sh = mesh_lib.replicated(mesh)
+  teacher_params = jax.device_put(setup.teacher_params, teacher_sh) if setup.teacher_params is not None else None
+  step_fn = jit_train_step(setup.student, setup.teacher, setup.loss, setup.tx, state_sh, teacher_sh, batch_sharding)
+
+  ckpt = checkpoint.Checkpointer(workdir / "checkpoints", cfg.train.keep_checkpoints, cfg.train.checkpoint_every)
+  target = checkpoint.abstract_like(abstract, state_sh)
+  if ckpt.latest_step() is not None:
+    state = ckpt.restore(target)
+    logging.info("Resumed from %s at step %d", ckpt.directory, int(state.step))
+  else:
+    params = setup.init_params
+    if cfg.train.init_from:
+      params = checkpoint.restore_params(cfg.train.init_from, target)
+    state = jax.jit(lambda p: state_lib.create(p, setup.tx, cfg.seed), out_shardings=state_sh)(params)
+
+  stop = {"signal": None}
+  previous = signal.signal(signal.SIGTERM, lambda signum, _: stop.update(signal=signum))
+  writer = MetricsWriter(workdir, enabled=pid == 0)
+  start, total = int(state.step), cfg.train.steps
+  last: dict[str, float] = {}
+  good_step, t0 = start, time.perf_counter()
+  try:
+    bar = tqdm(total=total, initial=start, desc="train", disable=pid != 0)
+    for step, local in zip(range(start, total), setup.pipe.iterate(start)):
+      batch = jax.make_array_from_process_local_data(batch_sharding, local)
+      state, metrics = step_fn(state, teacher_params, batch)
+      done = step + 1
+      if done % cfg.train.log_every == 0 or done == total:
+        last = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        if not np.isfinite(last["loss"]):
+          raise NonFiniteLossError(
+              f"loss is {last['loss']} at a step in ({good_step}, {done}]; stopping without saving this "
+              f"state. Last checkpoint: {ckpt.latest_step()} in {ckpt.directory}.")
+        good_step = done
+        elapsed = time.perf_counter() - t0
+        last["examples_per_s"] = cfg.train.batch_size * (done - start) / max(elapsed, 1e-9)
+        writer.write(done, last)
+        bar.set_postfix(loss=f"{last['loss']:.4f}")
+      bar.update(1)
+      if ckpt.should_save(done) and done != total:
+        _check_finite(state, good_step, done, ckpt)
+        ckpt.save(done, state)
+      if stop["signal"] is not None:
+        logging.warning("Signal %s: saving step %d and stopping.", stop["signal"], done)
+        _check_finite(state, good_step, done, ckpt)
+        ckpt.save(done, state)
+        break
+    else:
+      _check_finite(state, good_step, total, ckpt)
+      ckpt.save(int(state.step), state)
+    bar.close()
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+    writer.close()
+    ckpt.close()
+  return last
+
+
+@jax.jit
+def _all_finite(params) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(params)]))
+
+
+def _check_finite(state, good_step: int, step: int, ckpt) -> None:
+  """Refuses to checkpoint parameters that went non-finite between two logged steps."""
+  if not bool(_all_finite(state.params)):
+    raise NonFiniteLossError(f"non-finite parameters at a step in ({good_step}, {step}]; stopping without "
+                             f"saving this state. Last checkpoint: {ckpt.latest_step()} in {ckpt.directory}.")

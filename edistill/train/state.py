@@ -1,0 +1,67 @@
+"""Train state (student only) and the optimizer built from config.
+
+The state holds the student's params (towers + projection heads), the optimizer state, the step and
+an RNG key for dropout. The teacher is never part of it: it is passed to the step separately, so it
+is neither optimised nor checkpointed.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Sequence
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from edistill.mesh import path_str
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # int32 []
+  params: Any
+  opt_state: Any
+  rng: jax.Array  # uint32 [2]: raw key data, so checkpoints need no typed-key support.
+
+
+def _labels(params, patterns: Sequence[str]) -> Any:
+  """'frozen' for params whose "a/b/c" path matches one of ``patterns`` (re.search), else 'train'."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: "frozen" if any(re.search(p, path_str(path)) for p in patterns) else "train", params)
+
+
+def _decay_mask(params) -> Any:
+  """Weight decay on matrices only: not on biases, LayerNorm parameters or embedding tables."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, leaf: leaf.ndim >= 2 and "embedding" not in path_str(path), params)
+
+
+def make_optimizer(learning_rate: float, total_steps: int, warmup_steps: int = 0, weight_decay: float = 0.0,
+                   grad_clip: float = 0.0, schedule: str = "cosine", frozen: Sequence[str] = (),
+                   b1: float = 0.9, b2: float = 0.999) -> optax.GradientTransformation:
+  """AdamW with linear warmup then cosine/linear decay (or constant), global-norm clipping, decay
+  masks, and frozen params (regexes over "tower/layer_0/..." paths) that receive zero updates."""
+  decay_steps = max(total_steps - warmup_steps, 1)
+  if schedule == "cosine":
+    after = optax.cosine_decay_schedule(learning_rate, decay_steps)
+  elif schedule == "linear":
+    after = optax.linear_schedule(learning_rate, 0.0, decay_steps)
+  elif schedule == "constant":
+    after = optax.constant_schedule(learning_rate)
+  else:
+    raise ValueError(f"unknown schedule {schedule!r}; expected cosine, linear or constant.")
+  lr = optax.join_schedules([optax.linear_schedule(0.0, learning_rate, warmup_steps), after], [warmup_steps]) \
+      if warmup_steps else after
+  tx = optax.chain(optax.clip_by_global_norm(grad_clip) if grad_clip else optax.identity(),
+                   optax.adamw(lr, b1=b1, b2=b2, weight_decay=weight_decay, mask=_decay_mask))
+  if frozen:
+    tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
+                               lambda params: _labels(params, frozen))
+  return tx
+
+
+def create(params, tx: optax.GradientTransformation, seed: int) -> TrainState:
+  """A fresh state (jit this with out_shardings to create it already sharded)."""
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                    rng=jax.random.key_data(jax.random.key(seed)))
