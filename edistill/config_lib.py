@@ -46,7 +46,8 @@ def base_config() -> ml_collections.ConfigDict:
       "source": "wordnet_gcide", "path": "", "corpus_size": 10000, "split": "train", "errors": "raise",
       "max_query_length": 32, "max_doc_length": 128, "num_hard_negatives": 0})
   cfg.teacher = encoder_config("mpnet-base")
-  cfg.teacher.batch_size = 64
+  cfg.teacher.batch_size = 64  # For precomputing its embedding tables.
+  cfg.teacher.mode = "precomputed"  # or "online" (needs the student's tokenizer; costs a teacher forward a step)
   cfg.student = encoder_config("minilm-l6")
   cfg.student.kind = "asymmetric"
   cfg.loss = ml_collections.ConfigDict({
@@ -88,6 +89,8 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
       raise ValueError(f"config.{key}.num_layers={enc.num_layers} must be >= 0 (0 = all layers).")
   if cfg.mode != "train":
     return
+  if cfg.teacher.mode not in ("precomputed", "online"):
+    raise ValueError(f"config.teacher.mode={cfg.teacher.mode!r}; expected 'precomputed' or 'online'.")
   if cfg.student.kind not in STUDENT_KINDS:
     raise ValueError(f"config.student.kind={cfg.student.kind!r}; expected one of {STUDENT_KINDS}.")
   if cfg.data.source not in SOURCES:

@@ -126,19 +126,26 @@ def build(cfg, process_index: int = 0, process_count: int = 1) -> Setup:
   teacher, teacher_params = None, None
   if loss.needs_teacher() or kind == "asymmetric":
     tpre = load_encoder(cfg.teacher)
-    teacher = teachers.Teacher(tpre.module, "precomputed")
-    cache = Path(zoo.cache_dir()) / "teacher_tables"
-    base = dict(teacher=str(tpre.path), layers=tpre.config.num_layers, pooling=tpre.head.pooling,
-                normalize=tpre.head.normalize)
-    tables = {}
-    for name, texts, length in (("queries", data.query_texts, cfg.data.max_query_length),
-                                ("docs", data.doc_texts, cfg.data.max_doc_length)):
-      key = teachers.table_key(**base, kind=name, max_length=length, texts=_texts_sha(texts))
-      tables[name] = teachers.cached_table(cache, key, lambda texts=texts, length=length: teachers.encode_table(
-          tpre.module, tpre.params, pipeline.tokenize_texts(tpre.tokenizer, texts, length),
-          cfg.teacher.batch_size, desc=f"teacher {name}"))
-    teacher_params = tables
-    t_dim = tables["queries"].shape[1]
+    teacher = teachers.Teacher(tpre.module, cfg.teacher.mode)
+    if cfg.teacher.mode == "online":
+      if tpre.tokenizer.get_vocab() != student_pre.tokenizer.get_vocab():
+        raise ValueError(f"config.teacher.mode='online' needs the student's tokenizer, but {cfg.teacher.name} and "
+                         f"{cfg.student.name} tokenize differently; use mode='precomputed'.")
+      teacher_params = {"encoder": tpre.params}
+      t_dim = tpre.module.projection_dim or tpre.config.hidden_size
+    else:
+      cache = Path(zoo.cache_dir()) / "teacher_tables"
+      base = dict(teacher=str(tpre.path), layers=tpre.config.num_layers, pooling=tpre.head.pooling,
+                  normalize=tpre.head.normalize)
+      tables = {}
+      for name, texts, length in (("queries", data.query_texts, cfg.data.max_query_length),
+                                  ("docs", data.doc_texts, cfg.data.max_doc_length)):
+        key = teachers.table_key(**base, kind=name, max_length=length, texts=_texts_sha(texts))
+        tables[name] = teachers.cached_table(cache, key, lambda texts=texts, length=length: teachers.encode_table(
+            tpre.module, tpre.params, pipeline.tokenize_texts(tpre.tokenizer, texts, length),
+            cfg.teacher.batch_size, desc=f"teacher {name}"))
+      teacher_params = tables
+      t_dim = tables["queries"].shape[1]
     s_dim = student_pre.module.projection_dim or student_pre.config.hidden_size
     rng = jax.random.key(cfg.seed + 1)
     if (kind == "asymmetric" or loss.query_emb) and s_dim != t_dim:

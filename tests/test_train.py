@@ -1,0 +1,264 @@
+"""The sharded train step, the loop (resume, NaN guard) and every ablation config, on tiny models."""
+import importlib.util
+import shutil
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from edistill import config_lib, mesh as mesh_lib, teachers
+from edistill.data import pipeline
+from edistill.models import hf_import
+from edistill.models.dual_encoder import DualEncoder, init_projection
+from edistill.models.encoder import Encoder
+from edistill.train import loop, state as state_lib
+from edistill.train.step import LossConfig, compute_loss, jit_train_step
+from tests.conftest import write_wordpiece_vocab
+
+ROOT = Path(__file__).resolve().parents[1]
+B, C = 8, 2  # Global batch, documents per query (positive + 1 hard negative).
+
+
+def _batch(seed=0, n_docs=40):
+  rng = np.random.default_rng(seed)
+  positives = {q: np.array([q % n_docs], np.int32) for q in range(24)}
+  ex = pipeline.build_examples(positives, n_docs, num_hard_negatives=C - 1, seed=seed)
+  lengths = lambda n, l: rng.integers(3, l + 1, n).astype(np.int32)
+  qlen, dlen = lengths(24, 10), lengths(n_docs, 16)
+  q = pipeline.Tokens(np.where(np.arange(10) < qlen[:, None], rng.integers(5, 1000, (24, 10)), 0), qlen, 0)
+  d = pipeline.Tokens(np.where(np.arange(16) < dlen[:, None], rng.integers(5, 1000, (n_docs, 16)), 0), dlen, 0)
+  return pipeline.Pipeline(ex, q, d, B, seed=seed, positives=positives).batch(0)
+
+
+def _setup(fixtures, kind="asymmetric", teacher_mode="precomputed"):
+  cfg, params = hf_import.load_params(fixtures / "tiny-bert")
+  tcfg, tparams = hf_import.load_params(fixtures / "tiny-mpnet")
+  student = DualEncoder(Encoder(cfg), Encoder(cfg) if kind == "untied" else None, kind)
+  params = {"query_tower": params, "query_projection": init_projection(jax.random.key(0), 32, 32)}
+  if kind == "untied":
+    params["doc_tower"] = jax.tree.map(np.copy, params["query_tower"])
+  if kind != "asymmetric":
+    params["doc_projection"] = init_projection(jax.random.key(1), 32, 32)
+  teacher = teachers.Teacher(Encoder(tcfg, normalize=True), teacher_mode)
+  return student, params, teacher, tparams
+
+
+def _teacher_params(teacher, tparams, batch, mode):
+  if mode == "online":
+    return {"encoder": tparams}
+  # Precomputed tables holding exactly the embeddings the online teacher would compute.
+  online = teachers.Teacher(teacher.encoder, "online")
+  tq = np.asarray(online.query_embeddings({"encoder": tparams}, batch))
+  td = np.asarray(online.doc_embeddings({"encoder": tparams}, batch))
+  queries = np.zeros((64, tq.shape[1]), np.float32)
+  docs = np.zeros((64, td.shape[1]), np.float32)
+  queries[batch["query_index"]] = tq
+  docs[batch["doc_index"].reshape(-1)] = td
+  return {"queries": queries, "docs": docs}
+
+
+ALL_TERMS = LossConfig(label=1.0, score=0.7, margin_mse=0.3, query_emb=0.5, doc_emb=0.4)
+
+
+def _run(student, params, teacher, teacher_params, batch, cfg, devices, steps=2):
+  mesh = mesh_lib.make_mesh({"data": -1, "model": 1}, devices)
+  # lr 1e-4: an Adam step is ~lr * sign(g), so an ulp-level difference in a near-zero gradient moves a
+  # parameter by at most ~lr; the 1e-5 tolerance then holds for every element.
+  tx = state_lib.make_optimizer(1e-4, 10, warmup_steps=0, weight_decay=0.01, grad_clip=1.0)
+  state_sh = mesh_lib.tree_shardings(jax.eval_shape(lambda p: state_lib.create(p, tx, 0), params), mesh)
+  state = jax.jit(lambda p: state_lib.create(p, tx, 0), out_shardings=state_sh)(params)
+  fn = jit_train_step(student, teacher, cfg, tx, state_sh, mesh_lib.replicated(mesh), mesh_lib.batch_sharding(mesh))
+  tp = jax.device_put(teacher_params, mesh_lib.replicated(mesh))
+  gb = jax.device_put(batch, mesh_lib.batch_sharding(mesh))
+  losses = []
+  for _ in range(steps):
+    state, metrics = fn(state, tp, gb)
+    losses.append(metrics)
+  return jax.device_get(state.params), [jax.device_get(m) for m in losses]
+
+
+def _without_key_bias(params):
+  """Params with the key-projection bias zeroed. Its true gradient is exactly 0 (adding b.q to every
+  score of a row leaves the softmax unchanged), so Adam turns float noise into +-lr steps whose sign
+  differs between any two reduction orders; every other parameter must agree to 1e-5."""
+  def strip(path, x):
+    if "qkv" in str(path) and "bias" in str(path):
+      x = np.array(x)
+      h = x.shape[0] // 3
+      x[h:2 * h] = 0
+    return x
+  return jax.tree_util.tree_map_with_path(strip, params)
+
+
+@pytest.mark.parametrize("kind,cfg", [("asymmetric", LossConfig(label=1.0, score=1.0, query_emb=1.0)),
+                                      ("untied", ALL_TERMS)])
+def test_sharded_step_equals_single_device_step(fixtures, kind, cfg):
+  assert len(jax.devices()) == 8
+  batch = _batch()
+  student, params, teacher, tparams = _setup(fixtures, kind)
+  tp = _teacher_params(teacher, tparams, batch, "precomputed")
+  p1, m1 = _run(student, params, teacher, tp, batch, cfg, jax.devices()[:1])
+  p8, m8 = _run(student, params, teacher, tp, batch, cfg, jax.devices())
+  for a, b in zip(m1, m8):
+    assert set(a) == set(b)
+    for k in a:
+      np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-5, err_msg=k)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
+               _without_key_bias(p1), _without_key_bias(p8))
+  assert m1[1]["loss"] < m1[0]["loss"] or not np.allclose(m1[0]["loss"], m1[1]["loss"])  # It trained.
+
+
+def test_online_and_precomputed_teachers_give_the_same_loss(fixtures):
+  batch = _batch(1)
+  student, params, teacher, tparams = _setup(fixtures, "asymmetric")
+  rng = jax.random.key(0)
+  out = {}
+  for mode in ("online", "precomputed"):
+    t = teachers.Teacher(teacher.encoder, mode)
+    out[mode] = compute_loss(params, _teacher_params(t, tparams, batch, mode), batch, rng, student=student,
+                             teacher=t, cfg=LossConfig(label=1.0, score=1.0, query_emb=1.0), deterministic=True)
+  np.testing.assert_allclose(out["online"][0], out["precomputed"][0], rtol=1e-6)
+
+
+def test_teacher_gets_no_gradient_and_frozen_params_do_not_move(fixtures):
+  batch = _batch(2)
+  student, params, teacher, tparams = _setup(fixtures, "tied", "online")
+  grads = jax.grad(lambda tp: compute_loss(params, tp, batch, jax.random.key(0), student=student, teacher=teacher,
+                                           cfg=ALL_TERMS, deterministic=True)[0])({"encoder": tparams})
+  assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(grads))
+  tx = state_lib.make_optimizer(1e-2, 10, frozen=(r"query_tower/embeddings/",))
+  state = state_lib.create(params, tx, 0)
+  from edistill.train.step import train_step
+  new, _ = train_step(state, {"encoder": tparams}, batch, student=student, teacher=teacher, cfg=ALL_TERMS, tx=tx)
+  np.testing.assert_array_equal(new.params["query_tower"]["embeddings"]["word"]["embedding"],
+                                params["query_tower"]["embeddings"]["word"]["embedding"])
+  assert np.abs(new.params["query_tower"]["layer_0"]["mlp_in"]["kernel"]
+                - params["query_tower"]["layer_0"]["mlp_in"]["kernel"]).max() > 0
+
+
+def test_model_axis_shards_the_big_matrices():
+  mesh = mesh_lib.make_mesh({"data": 2, "model": 4})
+  tree = {"query_tower": {"layer_0": {"attention": {"qkv": {"kernel": np.zeros((32, 96))}},
+                                      "mlp_out": {"kernel": np.zeros((64, 32))}, "output_norm": {"ln": {"scale": np.zeros(32)}}}}}
+  sh = mesh_lib.tree_shardings(tree, mesh)
+  assert sh["query_tower"]["layer_0"]["attention"]["qkv"]["kernel"].spec == jax.sharding.PartitionSpec(None, "model")
+  assert sh["query_tower"]["layer_0"]["mlp_out"]["kernel"].spec == jax.sharding.PartitionSpec("model", None)
+  assert sh["query_tower"]["layer_0"]["output_norm"]["ln"]["scale"].spec == jax.sharding.PartitionSpec()
+  with pytest.raises(ValueError, match="needs 12 devices"):
+    mesh_lib.make_mesh({"data": 3, "model": 4})
+
+
+# ------------------------------------------------------------------------------------ the loop
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory, fixtures):
+  root = tmp_path_factory.mktemp("models")
+  out = {}
+  for arch in ("bert", "mpnet"):
+    out[arch] = write_wordpiece_vocab(Path(shutil.copytree(fixtures / f"tiny-{arch}", root / arch)))
+  return out
+
+
+@pytest.fixture
+def isolated_cache(tmp_path_factory, monkeypatch):
+  cache = tmp_path_factory.getbasetemp() / "edistill-cache"  # Shared by the tests: datasets build once.
+  monkeypatch.setenv("EDISTILL_CACHE", str(cache))
+  return cache
+
+
+def _config(tiny_models, row="qemb", steps=6, **train):
+  spec = importlib.util.spec_from_file_location("ablation", ROOT / "configs" / "ablation.py")
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  cfg = mod.get_config(f"row={row},runlocal")
+  cfg.teacher.name, cfg.student.name = str(tiny_models["mpnet"]), str(tiny_models["bert"])
+  cfg.teacher.num_layers = cfg.student.num_layers = 0
+  cfg.data.corpus_size = 300
+  cfg.train.update(steps=steps, **train)
+  config_lib.validate(cfg)
+  return cfg
+
+
+@pytest.mark.parametrize("row", ["labels", "score", "asym", "qemb", "qgen"])
+def test_every_ablation_config_builds_and_runs_two_steps(tmp_path, tiny_models, isolated_cache, row):
+  metrics = loop.train(_config(tiny_models, row, steps=2), tmp_path)
+  assert np.isfinite(metrics["loss"])
+  expected = {"labels": {"label"}, "score": {"label", "score"}, "asym": {"label", "score"},
+              "qemb": {"label", "score", "query_emb"}, "qgen": {"label", "score", "query_emb"}}[row]
+  assert {k.split("/")[0] for k in metrics if "/" in k} == expected
+  assert (tmp_path / "metrics.jsonl").read_text().count("\n") == 2
+  assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_resume_after_kill_ends_with_the_same_parameters(tmp_path, tiny_models, isolated_cache, monkeypatch):
+  cfg = _config(tiny_models, steps=6, checkpoint_every=3)
+  loop.train(cfg, tmp_path / "straight")
+  from edistill import checkpoint
+  straight = checkpoint.Checkpointer(tmp_path / "straight" / "checkpoints")
+  assert straight.all_steps() == [3, 6]
+
+  real_iterate = pipeline.Pipeline.iterate
+
+  def killed_after_four(self, start=0, num_steps=None):
+    for i, batch in enumerate(real_iterate(self, start, num_steps)):
+      if i == 4:
+        raise KeyboardInterrupt("simulated kill during step 5")
+      yield batch
+
+  monkeypatch.setattr(pipeline.Pipeline, "iterate", killed_after_four)
+  with pytest.raises(KeyboardInterrupt):
+    loop.train(cfg, tmp_path / "killed")
+  monkeypatch.setattr(pipeline.Pipeline, "iterate", real_iterate)
+  resumed_ckpt = checkpoint.Checkpointer(tmp_path / "killed" / "checkpoints")
+  assert resumed_ckpt.all_steps() == [3]
+  resumed_ckpt.close()
+  loop.train(cfg, tmp_path / "killed")  # Resumes from step 3.
+
+  def final(workdir):
+    c = checkpoint.Checkpointer(workdir / "checkpoints")
+    setup = loop.build(cfg)
+    abstract = jax.eval_shape(lambda p: state_lib.create(p, setup.tx, cfg.seed), setup.init_params)
+    try:
+      return jax.device_get(c.restore(abstract))
+    finally:
+      c.close()
+
+  a, b = final(tmp_path / "straight"), final(tmp_path / "killed")
+  assert int(a.step) == int(b.step) == 6
+  jax.tree.map(np.testing.assert_array_equal, a.params, b.params)
+  jax.tree.map(np.testing.assert_array_equal, a.opt_state, b.opt_state)
+
+
+def test_nan_mid_training_stops_with_the_step_range_and_keeps_the_last_good_checkpoint(
+    tmp_path, tiny_models, isolated_cache, monkeypatch):
+  cfg = _config(tiny_models, steps=8, checkpoint_every=2, log_every=1)
+  real_jit = loop.jit_train_step
+
+  def poisoned_from_step_three(*args, **kw):
+    fn = real_jit(*args, **kw)
+    calls = {"n": 0}
+
+    def step(state, teacher_params, batch):
+      calls["n"] += 1
+      if calls["n"] >= 3:  # Bad data arrives in the third step.
+        teacher_params = jax.tree.map(lambda t: t * jnp.nan, teacher_params)
+      return fn(state, teacher_params, batch)
+    return step
+
+  monkeypatch.setattr(loop, "jit_train_step", poisoned_from_step_three)
+  with pytest.raises(loop.NonFiniteLossError, match=r"loss is nan at a step in \(2, 3\].*Last checkpoint: 2"):
+    loop.train(cfg, tmp_path)
+  from edistill import checkpoint
+  c = checkpoint.Checkpointer(tmp_path / "checkpoints")
+  assert c.all_steps() == [2]  # The good state survives; nothing non-finite was written.
+  c.close()
+
+
+def test_online_teacher_in_the_loop_matches_the_precomputed_tables(tmp_path, tiny_models, isolated_cache):
+  cfg = _config(tiny_models, steps=1)
+  precomputed = loop.train(cfg, tmp_path / "pre")
+  cfg.teacher.mode = "online"  # The tiny teacher shares the student's vocabulary, so this is allowed.
+  online = loop.train(cfg, tmp_path / "online")
+  for k in ("loss", "score/loss", "query_emb/loss"):
+    np.testing.assert_allclose(online[k], precomputed[k], rtol=1e-5, err_msg=k)
