@@ -19,6 +19,7 @@ INSTALL_REQUIRES = [
     "scann==1.4.2",
     "bm25s==0.3.16",
     "tqdm==4.70.1",
+    "tensorboardX==2.6.5",  # TensorBoard event files without TensorFlow.
     "absl-py>=2.1,<3",
 ]
 
