@@ -1,0 +1,114 @@
+"""Batched, jitted, sharded encoding of corpora and queries, cached to disk as id-tagged shards.
+
+Texts are tokenised once, sorted by length and encoded in length-bucketed batches (a few static
+shapes, little padding), then put back in input order. With a mesh, each batch is split over the
+``data`` axis. ``encode_cached`` writes ``shard_00000.npz`` ... (``ids`` and ``embeddings``) under a
+directory named by a key of (model parameters, texts, max length, head): a rerun reuses it, an
+interrupted run resumes at the first missing shard, and any change of model or corpus gets a new key.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import jax
+import numpy as np
+from absl import logging
+from flax import traverse_util
+from jax.sharding import Mesh
+from tqdm.auto import tqdm
+
+from edistill import mesh as mesh_lib
+from edistill.models import tokenization
+
+EncodeFn = Callable[[Any, np.ndarray, np.ndarray], jax.Array]  # (params, ids, mask) -> [B, D]
+
+
+def params_fingerprint(params) -> str:
+  """sha256 over every parameter's path, shape, dtype and bytes: names a model whatever its source."""
+  h = hashlib.sha256()
+  for path, leaf in sorted(traverse_util.flatten_dict(jax.device_get(params), sep="/").items()):
+    arr = np.ascontiguousarray(leaf)
+    h.update(f"{path}:{arr.shape}:{arr.dtype}".encode())
+    h.update(arr.tobytes())
+  return h.hexdigest()
+
+
+def texts_fingerprint(texts: Sequence[str]) -> str:
+  h = hashlib.sha256()
+  for t in texts:
+    h.update(t.encode())
+    h.update(b"\0")
+  return h.hexdigest()
+
+
+def encode(fn: EncodeFn, params, tokenizer, texts: Sequence[str], max_length: int, batch_size: int = 128,
+           bucket: int = 16, mesh: Mesh | None = None, desc: str | None = "encode") -> np.ndarray:
+  """Embeddings of ``texts`` in input order: float32 [N, D]."""
+  if not len(texts):
+    raise ValueError("nothing to encode: empty list of texts.")
+  lengths = np.array([len(x) for x in tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]])
+  order = np.argsort(lengths, kind="stable")
+  if mesh is not None:
+    n = mesh.shape["data"]
+    batch_size = -(-batch_size // n) * n  # Divisible by the data axis.
+    fn = jax.jit(fn, in_shardings=(mesh_lib.replicated(mesh), mesh_lib.batch_sharding(mesh),
+                                   mesh_lib.batch_sharding(mesh)))
+    params = jax.device_put(params, mesh_lib.replicated(mesh))
+  else:
+    fn = jax.jit(fn)
+    params = jax.device_put(params)
+  out: list[np.ndarray] = []
+  for start in tqdm(range(0, len(texts), batch_size), desc=desc, disable=desc is None):
+    idx = order[start:start + batch_size]
+    batch = tokenization.tokenize(tokenizer, [texts[i] for i in idx], max_length, bucket)
+    pad = batch_size - len(idx)  # Keep the batch dimension static: pad the last batch with copies.
+    ids, mask = (np.concatenate([batch[k], np.repeat(batch[k][:1], pad, 0)]) for k in ("input_ids", "attention_mask"))
+    out.append(np.asarray(fn(params, ids, mask))[:len(idx)])
+  emb = np.concatenate(out).astype(np.float32)
+  result = np.empty_like(emb)
+  result[order] = emb
+  return result
+
+
+def cache_key(**fields) -> str:
+  return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def encode_cached(cache_dir: str | os.PathLike, key_fields: dict, fn: EncodeFn, params, tokenizer,
+                  ids: Sequence[str], texts: Sequence[str], max_length: int, shard_size: int = 50_000,
+                  **kw) -> tuple[list[str], np.ndarray]:
+  """``encode`` with an on-disk cache of id-tagged shards (see module doc); returns (ids, [N, D])."""
+  if len(ids) != len(texts):
+    raise ValueError(f"{len(ids)} ids for {len(texts)} texts.")
+  key = cache_key(**key_fields, texts=texts_fingerprint(texts), ids=texts_fingerprint(ids), max_length=max_length)
+  root = Path(cache_dir) / key
+  root.mkdir(parents=True, exist_ok=True)
+  (root / "key.json").write_text(json.dumps({**key_fields, "max_length": max_length, "count": len(ids)},
+                                            indent=2, default=str))
+  shards = []
+  desc = kw.pop("desc", "encode")
+  for s, start in enumerate(range(0, len(ids), shard_size)):
+    path = root / f"shard_{s:05d}.npz"
+    chunk_ids = list(ids[start:start + shard_size])
+    if path.is_file():
+      with np.load(path) as z:
+        if list(z["ids"]) == chunk_ids:
+          shards.append(z["embeddings"])
+          continue
+      logging.warning("%s does not match its ids; re-encoding it.", path)
+    emb = encode(fn, params, tokenizer, texts[start:start + shard_size], max_length,
+                 desc=desc and f"{desc} (shard {s})", **kw)
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez(tmp, ids=np.array(chunk_ids), embeddings=emb)
+    os.replace(tmp, path)  # A killed run never leaves a partial shard under the final name.
+    shards.append(emb)
+  return list(ids), np.concatenate(shards)
+
+
+def clear(cache_dir: str | os.PathLike) -> None:
+  shutil.rmtree(cache_dir, ignore_errors=True)

@@ -1,0 +1,87 @@
+"""Corpus encoding: order, sharding, and the on-disk cache (hit, resume, invalidation)."""
+import shutil
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from edistill import mesh as mesh_lib
+from edistill.eval import encode as enc
+from edistill.models import hf_import, tokenization
+from edistill.models.encoder import Encoder
+from tests.conftest import write_wordpiece_vocab
+
+TEXTS = ["the cat", "the dog sat on the mat", "cats", "the mat", "dog dog dog the cat sat on", "sat",
+         "the the the", "mat on cat", "dogs sat", "on"]
+
+
+@pytest.fixture(scope="module")
+def model(fixtures, tmp_path_factory):
+  d = write_wordpiece_vocab(Path(shutil.copytree(fixtures / "tiny-bert", tmp_path_factory.mktemp("m") / "bert")))
+  cfg, params = hf_import.load_params(d)
+  module = Encoder(cfg, normalize=True)
+  fn = lambda p, i, m: module.apply({"params": p}, i, m)
+  return fn, params, tokenization.load_tokenizer(d)
+
+
+def _direct(model, texts, max_length=12):
+  fn, params, tok = model
+  rows = []
+  for t in texts:
+    b = tokenization.tokenize(tok, [t], max_length)
+    rows.append(np.asarray(fn(params, b["input_ids"], b["attention_mask"])))
+  return np.concatenate(rows)
+
+
+def test_encode_keeps_input_order_and_matches_one_by_one(model):
+  fn, params, tok = model
+  out = enc.encode(fn, params, tok, TEXTS, max_length=12, batch_size=4, bucket=4, desc=None)
+  np.testing.assert_allclose(out, _direct(model, TEXTS), atol=1e-5)
+
+
+def test_sharded_encoding_equals_single_device(model):
+  fn, params, tok = model
+  mesh = mesh_lib.make_mesh({"data": -1, "model": 1})
+  out = enc.encode(fn, params, tok, TEXTS, max_length=12, batch_size=5, mesh=mesh, desc=None)  # 5 -> 8 rows.
+  np.testing.assert_allclose(out, _direct(model, TEXTS), atol=1e-5)
+
+
+def test_cache_hits_resumes_and_invalidates(model, tmp_path, monkeypatch):
+  fn, params, tok = model
+  ids = [f"d{i}" for i in range(len(TEXTS))]
+  calls = []
+  real = enc.encode
+  monkeypatch.setattr(enc, "encode", lambda *a, **k: calls.append(len(a[3])) or real(*a, **k))
+  key = {"model": enc.params_fingerprint(params), "pooling": "mean"}
+  got_ids, first = enc.encode_cached(tmp_path, key, fn, params, tok, ids, TEXTS, 12, shard_size=4, desc=None)
+  assert got_ids == ids and first.shape == (10, 32) and calls == [4, 4, 2]
+  np.testing.assert_allclose(first, _direct(model, TEXTS), atol=1e-5)
+
+  calls.clear()
+  _, again = enc.encode_cached(tmp_path, key, fn, params, tok, ids, TEXTS, 12, shard_size=4, desc=None)
+  assert calls == [] and np.array_equal(again, first)  # Cache hit: nothing re-encoded.
+
+  (shard,) = [p for p in tmp_path.glob("*/shard_00001.npz")]
+  shard.unlink()  # An interrupted run: only the missing shard is encoded again.
+  enc.encode_cached(tmp_path, key, fn, params, tok, ids, TEXTS, 12, shard_size=4, desc=None)
+  assert calls == [4]
+
+  calls.clear()
+  changed = jax.tree.map(lambda x: x * 1.01, params)
+  key2 = {"model": enc.params_fingerprint(changed), "pooling": "mean"}
+  assert key2 != key
+  _, other = enc.encode_cached(tmp_path, key2, fn, changed, tok, ids, TEXTS, 12, shard_size=4, desc=None)
+  assert calls == [4, 4, 2] and not np.allclose(other, first)  # New model: new cache entry.
+  calls.clear()
+  enc.encode_cached(tmp_path, key, fn, params, tok, ids, TEXTS[:-1] + ["a new text"], 12, shard_size=4, desc=None)
+  assert calls == [4, 4, 2]  # New corpus text: new cache entry.
+  assert len(list(tmp_path.iterdir())) == 3
+
+
+def test_bad_inputs(model):
+  fn, params, tok = model
+  with pytest.raises(ValueError, match="empty list"):
+    enc.encode(fn, params, tok, [], 8)
+  with pytest.raises(ValueError, match="2 ids for 1 texts"):
+    enc.encode_cached("/tmp/unused", {}, fn, params, tok, ["a", "b"], ["x"], 8)
