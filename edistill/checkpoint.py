@@ -61,6 +61,14 @@ class Checkpointer:
                                     f"(available: {self.all_steps()}).")
     return self.manager.restore(step, args=ocp.args.StandardRestore(abstract_like(target)))
 
+  def restore_params(self, step: int | None = None) -> Any:
+    """Only the params of ``step`` (default: latest), as saved (host arrays, no target needed)."""
+    step = self.latest_step() if step is None else step
+    if step is None or step not in self.manager.all_steps():
+      raise CheckpointNotFoundError(f"{self.directory}: no checkpoint at step {step} "
+                                    f"(available: {self.all_steps()}).")
+    return self.manager.restore(step, args=ocp.args.StandardRestore())["params"]
+
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()

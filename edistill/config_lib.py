@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ml_collections
 
-MODES = ("train", "similarity")
+MODES = ("train", "eval", "similarity")
 STUDENT_KINDS = ("tied", "untied", "asymmetric")
 SOURCES = ("stdlib", "wordnet_gcide", "debian", "beir", "msmarco", "dpr_nq")
 
@@ -60,6 +60,9 @@ def base_config() -> ml_collections.ConfigDict:
       "keep_checkpoints": 2, "init_from": ""})
   cfg.querygen = ml_collections.ConfigDict({"ratio": 0.0, "ict_fraction": 0.5})
   cfg.mesh = ml_collections.ConfigDict({"data": -1, "model": 1})
+  cfg.eval = ml_collections.ConfigDict({
+      "split": "test", "models": ["teacher", "student_zero_shot", "student", "bm25"], "k": 100, "scann": True,
+      "checkpoint": "", "every_steps": 0, "during_training_split": "dev"})
   return cfg
 
 
@@ -70,6 +73,7 @@ def runlocal(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   cfg.teacher.num_layers, cfg.teacher.batch_size = 1, 128
   cfg.student.num_layers = 1
   cfg.train.update(batch_size=8, steps=2, warmup_steps=0, log_every=1, checkpoint_every=0)
+  cfg.eval.scann = False
   return cfg
 
 
@@ -87,7 +91,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
       raise ValueError(f"config.{key}.max_length={enc.max_length} is too short.")
     if enc.num_layers < 0:
       raise ValueError(f"config.{key}.num_layers={enc.num_layers} must be >= 0 (0 = all layers).")
-  if cfg.mode != "train":
+  if cfg.mode not in ("train", "eval"):
     return
   if cfg.teacher.mode not in ("precomputed", "online"):
     raise ValueError(f"config.teacher.mode={cfg.teacher.mode!r}; expected 'precomputed' or 'online'.")

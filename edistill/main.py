@@ -79,6 +79,10 @@ def main(argv):
     metrics = loop.train(config, workdir)
     if jax.process_index() == 0:
       print(json.dumps(metrics, indent=2))
+  elif config.mode == "eval":
+    from edistill.eval import evaluator, suite
+    rows = suite.run(config, workdir)
+    print(evaluator.results_table(rows))
 
 
 if __name__ == "__main__":

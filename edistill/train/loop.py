@@ -206,6 +206,8 @@ def train(cfg, workdir: str | Path) -> dict[str, float]:
         writer.write(done, last)
         bar.set_postfix(loss=f"{last['loss']:.4f}")
       bar.update(1)
+      if cfg.eval.every_steps and done % cfg.eval.every_steps == 0 and pid == 0:
+        writer.write(done, evaluate_during_training(cfg, workdir, state))
       if ckpt.should_save(done) and done != total:
         _check_finite(state, good_step, done, ckpt)
         ckpt.save(done, state)
@@ -223,6 +225,14 @@ def train(cfg, workdir: str | Path) -> dict[str, float]:
     writer.close()
     ckpt.close()
   return last
+
+
+def evaluate_during_training(cfg, workdir: Path, state) -> dict[str, float]:
+  """The current student on ``cfg.eval.during_training_split`` (exact search), as "eval/<metric>"."""
+  from edistill.eval import suite
+  rows = suite.run(cfg, workdir, split=cfg.eval.during_training_split, student_params=jax.device_get(state.params),
+                   models=("student",), scann=False)
+  return {f"eval/{k}": v for k, v in rows["student"].items() if k not in ("params_m", "query_ms")}
 
 
 @jax.jit

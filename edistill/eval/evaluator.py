@@ -1,0 +1,143 @@
+"""Retrieval evaluation of encoders and BM25 on a dataset split, with baselines and a results table.
+
+Every dense evaluation runs exact search (the reference) and, when asked, ScaNN; the ScaNN row
+carries its recall@10 against exact search so an approximate number is never reported alone.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import jax
+import numpy as np
+from absl import logging
+
+from edistill.eval import encode as encode_lib
+from edistill.eval import index as index_lib
+from edistill.eval import metrics as metrics_lib
+
+METRICS = ("mrr@10", "recall@10", "recall@100", "ndcg@10")
+BM25_TOKEN = r"(?u)\b[^\W_][^\W_]+\b"  # Runs of 2+ letters/digits: identifiers split at underscores.
+
+
+@dataclasses.dataclass
+class DenseModel:
+  """An encoder pair to evaluate: ``query_fn``/``doc_fn`` map (params, ids, mask) -> [B, D]."""
+
+  name: str
+  query_fn: Callable
+  query_params: Any
+  query_tokenizer: Any
+  doc_fn: Callable | None = None  # None: documents come from ``doc_embeddings``.
+  doc_params: Any = None
+  doc_tokenizer: Any = None
+  doc_embeddings: np.ndarray | None = None
+  num_params: int = 0  # Query-side parameters (the online cost).
+
+
+def count_params(*trees) -> int:
+  return int(sum(np.size(x) for t in trees if t is not None for x in jax.tree.leaves(t)))
+
+
+def dense_scores(query_emb: np.ndarray, doc_emb: np.ndarray, data, k: int = 100, scann: bool = False,
+                 scann_overrides: dict | None = None, metrics: Sequence[str] = METRICS) -> dict[str, float]:
+  """Metrics of exact top-k search (and ScaNN's, prefixed ``scann/``, with its recall vs exact)."""
+  k = min(k, len(data.doc_ids))
+  exact_idx, exact_scores = index_lib.exact_search(query_emb, doc_emb, k)
+  run = metrics_lib.run_from_topk(data.query_ids, data.doc_ids, np.asarray(exact_idx), np.asarray(exact_scores))
+  out = metrics_lib.evaluate(run, data.qrels, metrics)
+  if scann:
+    cfg = index_lib.ScannConfig.for_corpus(len(data.doc_ids))
+    if scann_overrides:
+      cfg = dataclasses.replace(cfg, **scann_overrides)
+    start = time.perf_counter()
+    searcher = index_lib.build_scann(doc_emb, cfg)
+    build_s = time.perf_counter() - start
+    idx, scores = index_lib.scann_search(searcher, query_emb, k)
+    approx = metrics_lib.evaluate(metrics_lib.run_from_topk(data.query_ids, data.doc_ids, idx, scores), data.qrels,
+                                  metrics)
+    out.update({f"scann/{m}": v for m, v in approx.items() if m != "num_queries"})
+    out["scann/recall@10_vs_exact"] = index_lib.recall_against_exact(idx, np.asarray(exact_idx), min(10, k))
+    out["scann/build_s"] = build_s
+  return out
+
+
+def embed(model: DenseModel, data, max_query_length: int, max_doc_length: int, cache_dir: str | os.PathLike | None,
+          mesh=None) -> tuple[np.ndarray, np.ndarray]:
+  """(query [Q, D], document [N, D]) embeddings; documents cached on disk when ``cache_dir`` is set."""
+  q = encode_lib.encode(model.query_fn, model.query_params, model.query_tokenizer, data.query_texts,
+                        max_query_length, mesh=mesh, desc=f"{model.name} queries")
+  if model.doc_fn is None:
+    return q, model.doc_embeddings
+  kw = dict(mesh=mesh, desc=f"{model.name} documents")
+  if cache_dir is None:
+    d = encode_lib.encode(model.doc_fn, model.doc_params, model.doc_tokenizer, data.doc_texts, max_doc_length, **kw)
+  else:
+    key = {"model": encode_lib.params_fingerprint(model.doc_params), "fn": model.name}
+    _, d = encode_lib.encode_cached(cache_dir, key, model.doc_fn, model.doc_params, model.doc_tokenizer,
+                                    data.doc_ids, data.doc_texts, max_doc_length, **kw)
+  return q, d
+
+
+def query_latency_ms(model: DenseModel, texts: Sequence[str], max_length: int, repeats: int = 30) -> float:
+  """Median wall time to encode one query (batch 1, bucketed length), after compilation."""
+  from edistill.models import tokenization
+  fn = jax.jit(model.query_fn)
+  params = jax.device_put(model.query_params)
+  batches = [tokenization.tokenize(model.query_tokenizer, [t], max_length, bucket=16) for t in texts[:repeats]]
+  for b in batches:
+    fn(params, b["input_ids"], b["attention_mask"]).block_until_ready()
+  times = []
+  for b in batches:
+    start = time.perf_counter()
+    fn(params, b["input_ids"], b["attention_mask"]).block_until_ready()
+    times.append(time.perf_counter() - start)
+  return 1000 * float(np.median(times))
+
+
+def bm25(data, k: int = 100, metrics: Sequence[str] = METRICS) -> dict[str, float]:
+  """BM25 (bm25s, Lucene scoring, English stopwords) over the split's corpus."""
+  import bm25s
+  retriever = bm25s.BM25()
+  retriever.index(bm25s.tokenize(data.doc_texts, token_pattern=BM25_TOKEN, show_progress=False), show_progress=False)
+  k = min(k, len(data.doc_ids))
+  tokens = bm25s.tokenize(data.query_texts, token_pattern=BM25_TOKEN, show_progress=False)
+  idx, scores = retriever.retrieve(tokens, k=k, show_progress=False)
+  idx = np.where(np.asarray(scores) > 0, np.asarray(idx), -1)  # Score 0: no query term matched; not retrieved.
+  run = metrics_lib.run_from_topk(data.query_ids, data.doc_ids, idx, np.asarray(scores))
+  return metrics_lib.evaluate(run, data.qrels, metrics)
+
+
+def results_table(rows: dict[str, dict[str, float]], teacher: str | None = "teacher",
+                  metrics: Sequence[str] = METRICS) -> str:
+  """Markdown: one row per model; % of the teacher's MRR@10; params and query latency when known."""
+  head = ["model", *metrics]
+  ref = rows.get(teacher, {}).get("mrr@10") if teacher else None
+  if ref:
+    head.append("% teacher MRR@10")
+  extra = [c for c in ("scann/recall@10_vs_exact", "params_m", "query_ms") if any(c in r for r in rows.values())]
+  head += extra
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for name, r in rows.items():
+    cells = [name] + [f"{r[m]:.4f}" if m in r else "" for m in metrics]
+    if ref:
+      cells.append(f"{100 * r['mrr@10'] / ref:.1f}" if "mrr@10" in r else "")
+    cells += [f"{r[c]:.3f}" if c in r and c != "params_m" else (f"{r[c]:.1f}M" if c in r else "") for c in extra]
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def write_results(workdir: str | os.PathLike, split: str, rows: dict[str, dict[str, float]], header: str = "") -> Path:
+  """``results_<split>.json`` and ``results_<split>.md`` in the workdir (atomic writes)."""
+  workdir = Path(workdir)
+  for name, text in ((f"results_{split}.json", json.dumps(rows, indent=2)),
+                     (f"results_{split}.md", header + results_table(rows))):
+    tmp = workdir / f".{name}.tmp"
+    tmp.write_text(text)
+    os.replace(tmp, workdir / name)
+  logging.info("Results written to %s", workdir / f"results_{split}.md")
+  return workdir / f"results_{split}.md"

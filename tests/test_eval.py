@@ -1,0 +1,69 @@
+"""Dense and BM25 evaluation, the results table, and --mode eval / eval-during-training end to end."""
+import json
+
+import numpy as np
+import pytest
+
+from edistill.data.tfds_builders import RetrievalSet
+from edistill.eval import evaluator, suite
+from edistill.train import loop
+from tests.test_train import _config, isolated_cache, tiny_models  # noqa: F401 (fixtures)
+
+DATA = RetrievalSet(doc_ids=["a", "b", "c"], doc_texts=["red apple fruit", "blue ocean water", "green forest trees"],
+                    query_ids=["q1", "q2"], query_texts=["apple", "ocean"], qrels={"q1": {"a": 1}, "q2": {"c": 1}},
+                    hard_negatives={})
+
+
+def test_dense_scores_rank_by_inner_product():
+  docs = np.eye(3, dtype=np.float32)
+  queries = np.array([[0.9, 0.1, 0.0], [0.0, 0.8, 0.6]], np.float32)  # q2 ranks b (0.8) above c (0.6).
+  out = evaluator.dense_scores(queries, docs, DATA, k=3)
+  assert out["mrr@10"] == pytest.approx((1.0 + 0.5) / 2)
+  assert out["recall@10"] == pytest.approx(1.0)
+  assert out["ndcg@10"] == pytest.approx((1.0 + 1 / np.log2(3)) / 2)
+
+
+def test_dense_scores_with_scann_reports_recall_against_exact():
+  rng = np.random.default_rng(0)
+  docs = rng.normal(size=(3, 8)).astype(np.float32)
+  out = evaluator.dense_scores(docs[[0, 2]] + 0.01, docs, DATA, k=3, scann=True)
+  assert out["scann/recall@10_vs_exact"] == pytest.approx(1.0)
+  assert out["scann/mrr@10"] == pytest.approx(out["mrr@10"]) == pytest.approx(1.0)
+
+
+def test_bm25_finds_the_lexical_match():
+  out = evaluator.bm25(DATA, k=3)
+  assert out["mrr@10"] == pytest.approx(0.5)  # q1 -> a at rank 1; q2 ("ocean") matches b only, c not retrieved.
+  assert out["recall@10"] == pytest.approx(0.5)
+
+
+def test_results_table_has_teacher_share_and_blank_cells():
+  rows = {"teacher": {"mrr@10": 0.4, "recall@10": 0.5, "recall@100": 0.9, "ndcg@10": 0.45, "params_m": 109.5},
+          "student": {"mrr@10": 0.39, "recall@10": 0.5, "recall@100": 0.8, "ndcg@10": 0.4, "query_ms": 1.5}}
+  table = evaluator.results_table(rows)
+  assert "| student | 0.3900 | 0.5000 | 0.8000 | 0.4000 | 97.5 |  | 1.500 |" in table
+  assert "| teacher | 0.4000 |" in table and "109.5M" in table
+
+
+def test_eval_mode_and_eval_during_training(tmp_path, tiny_models, isolated_cache):  # noqa: F811
+  cfg = _config(tiny_models, steps=2)
+  cfg.eval.every_steps = 2
+  metrics = loop.train(cfg, tmp_path)
+  logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert any("eval/mrr@10" in m for m in logged)
+  assert (tmp_path / "results_dev.md").is_file()
+  rows = suite.run(cfg, tmp_path, split="test")
+  assert set(rows) == {"teacher", "student_zero_shot", "student", "bm25"}
+  for name, r in rows.items():
+    assert 0.0 <= r["mrr@10"] <= 1.0 and r["num_queries"] > 0, name
+  results = json.loads((tmp_path / "results_test.json").read_text())
+  assert results["bm25"]["mrr@10"] == pytest.approx(rows["bm25"]["mrr@10"])
+  assert "| teacher |" in (tmp_path / "results_test.md").read_text()
+  assert np.isfinite(metrics["loss"])
+
+
+def test_unknown_eval_model_is_named(tmp_path, tiny_models, isolated_cache):  # noqa: F811
+  cfg = _config(tiny_models)
+  cfg.eval.models = ["teacher", "oracle"]
+  with pytest.raises(ValueError, match=r"unknown entries \['oracle'\]"):
+    suite.run(cfg, tmp_path)
