@@ -62,7 +62,8 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.mesh = ml_collections.ConfigDict({"data": -1, "model": 1})
   cfg.eval = ml_collections.ConfigDict({
       "split": "test", "models": ["teacher", "student_zero_shot", "student", "bm25"], "k": 100, "scann": True,
-      "checkpoint": "", "every_steps": 0, "during_training_split": "dev"})
+      "checkpoint": "", "every_steps": 0, "during_training_split": "dev",
+      "at_end": True})  # After training: evaluate every model in eval.models on eval.split.
   return cfg
 
 
@@ -74,6 +75,7 @@ def runlocal(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   cfg.student.num_layers = 1
   cfg.train.update(batch_size=8, steps=2, warmup_steps=0, log_every=1, checkpoint_every=0)
   cfg.eval.scann = False
+  cfg.eval.at_end = False
   return cfg
 
 

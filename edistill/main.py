@@ -79,6 +79,9 @@ def main(argv):
     metrics = loop.train(config, workdir)
     if jax.process_index() == 0:
       print(json.dumps(metrics, indent=2))
+      if config.eval.at_end:
+        from edistill.eval import evaluator, suite
+        print(evaluator.results_table(suite.run(config, workdir)))
   elif config.mode == "eval":
     from edistill.eval import evaluator, suite
     rows = suite.run(config, workdir)

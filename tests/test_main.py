@@ -1,4 +1,5 @@
 """The entry point end to end on tiny checkpoints, and its config errors."""
+import re
 import shutil
 import subprocess
 import sys
@@ -12,8 +13,8 @@ from tests.conftest import write_wordpiece_vocab
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _run(tmp_path, *overrides):
-  return subprocess.run([sys.executable, "-m", "edistill.main", "--config", str(ROOT / "configs/demo.py"),
+def _run(tmp_path, *overrides, config="configs/demo.py:similarity"):
+  return subprocess.run([sys.executable, "-m", "edistill.main", "--config", str(ROOT / config),
                          "--workdir", str(tmp_path / "work"), *overrides],
                         capture_output=True, text=True, cwd=ROOT, timeout=300)
 
@@ -42,13 +43,37 @@ def test_unknown_config_key_is_named(tmp_path):
   assert proc.returncode != 0 and "max_lenght" in proc.stderr
 
 
-def test_validation_names_the_key():
-  cfg = config_lib.ml_collections.ConfigDict({
-      "mode": "similarity", "teacher": config_lib.encoder_config("t"), "student": config_lib.encoder_config("s")})
+def test_unknown_preset_argument_is_named(tmp_path):
+  proc = _run(tmp_path, config="configs/ablation.py:row=qemb,studnet=l2")
+  assert proc.returncode != 0 and "unknown config argument 'studnet'" in proc.stderr
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("student.pooling", "max", "config.student.pooling='max'"),
+    ("mode", "fly", "config.mode='fly'"),
+    ("student.kind", "siamese", "config.student.kind='siamese'"),
+    ("data.source", "imagenet", "config.data.source='imagenet'"),
+    ("loss.score", -1.0, "config.loss.score=-1.0"),
+    ("loss.teacher_temperature", 0.0, "config.loss.teacher_temperature=0.0"),
+    ("train.batch_size", 1, "config.train.batch_size=1"),
+    ("querygen.ratio", 1.0, "config.querygen.ratio=1.0"),
+    ("teacher.mode", "telepathic", "config.teacher.mode='telepathic'"),
+])
+def test_validation_names_the_key(key, value, message):
+  cfg = config_lib.base_config()
   config_lib.validate(cfg)
-  cfg.student.pooling = "max"
-  with pytest.raises(ValueError, match=r"config.student.pooling='max'"):
+  section, field = key.rsplit(".", 1) if "." in key else (None, key)
+  (cfg[section] if section else cfg)[field] = value
+  with pytest.raises(ValueError, match=re.escape(message)):
     config_lib.validate(cfg)
-  cfg.student.pooling, cfg.mode = "mean", "fly"
-  with pytest.raises(ValueError, match=r"config.mode='fly'"):
+
+
+def test_asymmetric_student_rejects_document_matching_and_all_zero_weights():
+  cfg = config_lib.base_config()
+  cfg.loss.doc_emb = 1.0
+  with pytest.raises(ValueError, match="doc_emb must be 0 for an asymmetric"):
+    config_lib.validate(cfg)
+  cfg.loss.update(label=0.0, score=0.0, query_emb=0.0, doc_emb=0.0)
+  cfg.student.kind = "tied"
+  with pytest.raises(ValueError, match="every term has weight 0"):
     config_lib.validate(cfg)
