@@ -56,12 +56,12 @@ def base_config() -> ml_collections.ConfigDict:
       "score_kind": "softmax_ce", "emb_kind": "l2"})
   cfg.train = ml_collections.ConfigDict({
       "batch_size": 64, "steps": 2000, "learning_rate": 5e-5, "warmup_steps": 100, "weight_decay": 0.01,
-      "grad_clip": 1.0, "schedule": "cosine", "frozen": [], "log_every": 20, "checkpoint_every": 500,
+      "grad_clip": 1.0, "schedule": "cosine", "frozen": (), "log_every": 20, "checkpoint_every": 500,
       "keep_checkpoints": 2, "init_from": ""})
   cfg.querygen = ml_collections.ConfigDict({"ratio": 0.0, "ict_fraction": 0.5})
   cfg.mesh = ml_collections.ConfigDict({"data": -1, "model": 1})
   cfg.eval = ml_collections.ConfigDict({
-      "split": "test", "models": ["teacher", "student_zero_shot", "student", "bm25"], "k": 100, "scann": True,
+      "split": "test", "models": ("teacher", "student_zero_shot", "student", "bm25"), "k": 100, "scann": True,
       "checkpoint": "", "every_steps": 0, "during_training_split": "dev",
       "at_end": True})  # After training: evaluate every model in eval.models on eval.split.
   return cfg

@@ -9,17 +9,9 @@ Both give the same numbers for the same inputs (tested), so the choice is only a
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
-import os
-from pathlib import Path
-from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-from absl import logging
-from tqdm.auto import tqdm
 
 from edistill.models.encoder import Encoder
 
@@ -58,36 +50,3 @@ class Teacher:
   def _encode(self, params, ids, mask):
     emb = self.encoder.apply({"params": params["encoder"]}, ids, mask)
     return jax.lax.stop_gradient(emb)
-
-
-def encode_table(encoder: Encoder, params, tokens, batch_size: int = 256, desc: str = "encode") -> np.ndarray:
-  """Embeds every row of a ``pipeline.Tokens`` table: [N, D] float32 (jit once per shape)."""
-  fn = jax.jit(lambda p, i, m: encoder.apply({"params": p}, i, m))
-  params = jax.device_put(params)
-  out = []
-  n = len(tokens)
-  for start in tqdm(range(0, n, batch_size), desc=desc):
-    idx = np.arange(start, min(start + batch_size, n))
-    pad = batch_size - len(idx)  # Pad the last chunk to keep one compiled shape.
-    ids, mask = tokens.take(np.concatenate([idx, np.zeros(pad, np.int64)]))
-    out.append(np.asarray(fn(params, ids, mask))[:len(idx)])
-  return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
-
-
-def table_key(**fields: Any) -> str:
-  """Cache key of a precomputed table: hash of (teacher, corpus manifest, max length, pooling, ...)."""
-  return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def cached_table(cache_dir: str | os.PathLike, key: str, make) -> np.ndarray:
-  """Loads ``cache_dir/key.npy`` or computes it with ``make()`` and writes it atomically."""
-  path = Path(cache_dir) / f"{key}.npy"
-  if path.is_file():
-    logging.info("Teacher table %s reused from %s", key, path)
-    return np.load(path)
-  table = np.asarray(make(), np.float32)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(path.name + ".tmp.npy")
-  np.save(tmp, table)
-  os.replace(tmp, path)
-  return table

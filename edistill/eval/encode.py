@@ -112,3 +112,15 @@ def encode_cached(cache_dir: str | os.PathLike, key_fields: dict, fn: EncodeFn, 
 
 def clear(cache_dir: str | os.PathLike) -> None:
   shutil.rmtree(cache_dir, ignore_errors=True)
+
+
+def encode_pretrained(pre, ids: Sequence[str], texts: Sequence[str], max_length: int, cache_dir, **kw) -> np.ndarray:
+  """A zoo.Pretrained encoder over texts, cached under ``cache_dir`` keyed by its parameters.
+
+  Training (teacher tables) and evaluation (teacher documents) share this cache, so each corpus is
+  encoded by a given model once.
+  """
+  module = pre.module
+  fn = lambda p, i, m: module.apply({"params": p}, i, m)
+  key = {"model": params_fingerprint(pre.params), "module": repr(module)}
+  return encode_cached(cache_dir, key, fn, pre.params, pre.tokenizer, ids, texts, max_length, **kw)[1]

@@ -13,6 +13,7 @@ from absl import logging
 
 from edistill import checkpoint
 from edistill.data import tfds_builders
+from edistill.eval import encode as encode_lib
 from edistill.eval import evaluator
 from edistill.models import zoo
 from edistill.models.dual_encoder import project
@@ -79,7 +80,10 @@ def run(cfg, workdir: str | Path, split: str | None = None, student_params: dict
   if "teacher" in models or ("student" in models and cfg.student.kind == "asymmetric"):
     tpre = load_encoder(cfg.teacher)
     teacher = pretrained_model("teacher", tpre)
-    tq, teacher_docs = evaluator.embed(teacher, data, lq, ld, cache)
+    teacher_docs = encode_lib.encode_pretrained(tpre, data.doc_ids, data.doc_texts, ld, cache,
+                                                desc="teacher documents")  # Shared with training's tables.
+    tq = encode_lib.encode(teacher.query_fn, teacher.query_params, tpre.tokenizer, data.query_texts, lq,
+                           desc="teacher queries")
     if "teacher" in models:
       dense.append(teacher)
       rows["teacher"] = {**evaluator.dense_scores(tq, teacher_docs, data, cfg.eval.k, scann),

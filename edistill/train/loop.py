@@ -7,7 +7,6 @@ checkpoint stays), saves on SIGTERM (preemption) and at the end. Only process 0 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import signal
 import time
@@ -22,6 +21,7 @@ from tqdm.auto import tqdm
 
 from edistill import checkpoint, mesh as mesh_lib, teachers
 from edistill.data import pipeline, querygen, tfds_builders
+from edistill.eval import encode as encode_lib
 from edistill.models import zoo
 from edistill.models.dual_encoder import DualEncoder, init_projection
 from edistill.models.encoder import Encoder
@@ -59,14 +59,6 @@ class MetricsWriter:
 
 def loss_config(cfg) -> LossConfig:
   return LossConfig(**{f.name: cfg.loss[f.name] for f in dataclasses.fields(LossConfig)})
-
-
-def _texts_sha(texts) -> str:
-  h = hashlib.sha256()
-  for t in texts:
-    h.update(t.encode())
-    h.update(b"\0")
-  return h.hexdigest()
 
 
 def load_encoder(enc_cfg) -> zoo.Pretrained:
@@ -134,16 +126,12 @@ def build(cfg, process_index: int = 0, process_count: int = 1) -> Setup:
       teacher_params = {"encoder": tpre.params}
       t_dim = tpre.module.projection_dim or tpre.config.hidden_size
     else:
-      cache = Path(zoo.cache_dir()) / "teacher_tables"
-      base = dict(teacher=str(tpre.path), layers=tpre.config.num_layers, pooling=tpre.head.pooling,
-                  normalize=tpre.head.normalize)
-      tables = {}
-      for name, texts, length in (("queries", data.query_texts, cfg.data.max_query_length),
-                                  ("docs", data.doc_texts, cfg.data.max_doc_length)):
-        key = teachers.table_key(**base, kind=name, max_length=length, texts=_texts_sha(texts))
-        tables[name] = teachers.cached_table(cache, key, lambda texts=texts, length=length: teachers.encode_table(
-            tpre.module, tpre.params, pipeline.tokenize_texts(tpre.tokenizer, texts, length),
-            cfg.teacher.batch_size, desc=f"teacher {name}"))
+      cache = Path(zoo.cache_dir()) / "embeddings"
+      tables = {
+          "queries": encode_lib.encode_pretrained(tpre, data.query_ids, data.query_texts, cfg.data.max_query_length,
+                                                  cache, batch_size=cfg.teacher.batch_size, desc="teacher queries"),
+          "docs": encode_lib.encode_pretrained(tpre, data.doc_ids, data.doc_texts, cfg.data.max_doc_length,
+                                               cache, batch_size=cfg.teacher.batch_size, desc="teacher documents")}
       teacher_params = tables
       t_dim = tables["queries"].shape[1]
     s_dim = student_pre.module.projection_dim or student_pre.config.hidden_size
