@@ -50,6 +50,7 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.teacher.mode = "precomputed"  # or "online" (needs the student's tokenizer; costs a teacher forward a step)
   cfg.student = encoder_config("minilm-l6")
   cfg.student.kind = "asymmetric"
+  cfg.student.projection_init = "lstsq"  # or "random": how the student -> teacher projection starts.
   cfg.loss = ml_collections.ConfigDict({
       "label": 1.0, "score": 1.0, "margin_mse": 0.0, "query_emb": 1.0, "doc_emb": 0.0,
       "temperature": 0.05, "student_temperature": 0.05, "teacher_temperature": 0.05,
@@ -97,6 +98,8 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     return
   if cfg.teacher.mode not in ("precomputed", "online"):
     raise ValueError(f"config.teacher.mode={cfg.teacher.mode!r}; expected 'precomputed' or 'online'.")
+  if cfg.student.projection_init not in ("lstsq", "random"):
+    raise ValueError(f"config.student.projection_init={cfg.student.projection_init!r}; expected 'lstsq' or 'random'.")
   if cfg.student.kind not in STUDENT_KINDS:
     raise ValueError(f"config.student.kind={cfg.student.kind!r}; expected one of {STUDENT_KINDS}.")
   if cfg.data.source not in SOURCES:

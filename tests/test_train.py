@@ -262,3 +262,12 @@ def test_online_teacher_in_the_loop_matches_the_precomputed_tables(tmp_path, tin
   online = loop.train(cfg, tmp_path / "online")
   for k in ("loss", "score/loss", "query_emb/loss"):
     np.testing.assert_allclose(online[k], precomputed[k], rtol=1e-5, err_msg=k)
+
+
+def test_lstsq_projection_recovers_a_linear_map():
+  rng = np.random.default_rng(0)
+  s = rng.normal(size=(500, 8)).astype(np.float32)
+  w, b = rng.normal(size=(8, 12)), rng.normal(size=12)
+  p = loop.lstsq_projection(s, (s @ w + b).astype(np.float32), ridge=1e-9)
+  np.testing.assert_allclose(p["kernel"], w, atol=1e-4)
+  np.testing.assert_allclose(p["bias"], b, atol=1e-4)

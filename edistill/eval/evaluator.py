@@ -51,7 +51,7 @@ def dense_scores(query_emb: np.ndarray, doc_emb: np.ndarray, data, k: int = 100,
   run = metrics_lib.run_from_topk(data.query_ids, data.doc_ids, np.asarray(exact_idx), np.asarray(exact_scores))
   out = metrics_lib.evaluate(run, data.qrels, metrics)
   if scann:
-    cfg = index_lib.ScannConfig.for_corpus(len(data.doc_ids))
+    cfg = index_lib.ScannConfig.for_corpus(len(data.doc_ids), k=k)
     if scann_overrides:
       cfg = dataclasses.replace(cfg, **scann_overrides)
     start = time.perf_counter()
