@@ -15,11 +15,9 @@ Requires the `bench` extra (torch): `make bench`.
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import platform
 import sys
-import sysconfig
 import time
 from pathlib import Path
 
@@ -30,32 +28,15 @@ import transformers
 
 from edistill.models import zoo
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import stdlib_docstrings  # noqa: E402
+
 BUCKET = 8
 
 
 def stdlib_texts(n: int) -> list[str]:
-  """First paragraphs of stdlib docstrings: real English text with a wide length spread."""
-  texts = []
-  for path in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
-    try:
-      tree = ast.parse(path.read_text(encoding="utf-8"))
-    except (SyntaxError, UnicodeDecodeError):
-      continue
-    for node in ast.walk(tree):
-      if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and (doc := ast.get_docstring(node)):
-        para = " ".join(doc.split("\n\n")[0].split())
-        if len(para.split()) >= 4:
-          texts.append(para)
-  return texts[:n]
-
-
-def median_time(fn, reps: int) -> float:
-  times = []
-  for _ in range(reps):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
+  """Stdlib docstring paragraphs of at least 4 words (the corpus workload)."""
+  return [t for t in stdlib_docstrings() if len(t.split()) >= 4][:n]
 
 
 def interleaved(fns: dict, reps: int) -> dict[str, float]:

@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -36,6 +37,9 @@ import numpy as np
 
 from edistill.eval import index as index_lib
 from edistill.models import zoo
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import median_time  # noqa: E402
 
 BUCKET = 16
 
@@ -100,16 +104,6 @@ def cached(path: Path, make) -> np.ndarray:
   np.save(tmp, arr)
   os.replace(tmp, path)
   return arr
-
-
-def median_time(fn, reps: int) -> float:
-  fn()  # Warm-up: jit compile, caches.
-  times = []
-  for _ in range(reps):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
 
 
 def main():

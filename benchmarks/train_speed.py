@@ -39,19 +39,20 @@ Requires the `bench` extra (torch).
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import os
 import platform
 import resource
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import stdlib_docstrings  # noqa: E402
 
 TEACHER_DIM = 768
 WEIGHTS = {"label": 1.0, "score": 1.0, "query_emb": 1.0}  # configs/ablation.py row=qemb.
@@ -61,21 +62,10 @@ MASKED = -1e9  # edistill.losses._MASKED
 
 
 # ------------------------------------------------------------------------------------------ data
-def stdlib_sentences(n: int) -> list[str]:
-  """First sentences of stdlib docstrings: real short English (query-like lengths), deterministic."""
-  texts = []
-  for path in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
-    try:
-      tree = ast.parse(path.read_text(encoding="utf-8"))
-    except (SyntaxError, UnicodeDecodeError):
-      continue
-    for node in ast.walk(tree):
-      if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and (doc := ast.get_docstring(node)):
-        para = " ".join(doc.split("\n\n")[0].split())
-        sentence = para.split(". ")[0].rstrip(".")
-        if len(sentence.split()) >= 3:
-          texts.append((sentence, para))
-  return texts[:n]
+def stdlib_sentences(n: int) -> list[tuple[str, str]]:
+  """(first sentence, paragraph) of stdlib docstrings: short real queries with their documents."""
+  pairs = [(t.split(". ")[0].rstrip("."), t) for t in stdlib_docstrings()]
+  return [(q, d) for q, d in pairs if len(q.split()) >= 3][:n]
 
 
 def make_data(tokenizer, args) -> dict[str, np.ndarray]:

@@ -1,0 +1,36 @@
+"""Helpers shared by the benchmark scripts (run them from the repo root)."""
+from __future__ import annotations
+
+import ast
+import sysconfig
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def stdlib_docstrings() -> list[str]:
+  """First paragraphs of the running interpreter's stdlib docstrings, whitespace-normalised, in a
+  deterministic order: real English text with a wide length spread, available offline."""
+  texts = []
+  for path in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
+    try:
+      tree = ast.parse(path.read_text(encoding="utf-8"))
+    except (SyntaxError, UnicodeDecodeError):
+      continue
+    for node in ast.walk(tree):
+      if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and (doc := ast.get_docstring(node)):
+        texts.append(" ".join(doc.split("\n\n")[0].split()))
+  return texts
+
+
+def median_time(fn, reps: int, warmup: bool = True) -> float:
+  """Median seconds of ``reps`` calls of ``fn`` (after one untimed call when ``warmup``)."""
+  if warmup:
+    fn()
+  times = []
+  for _ in range(reps):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return float(np.median(times))
