@@ -6,6 +6,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # Nothing may come from a model hub.
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+import shutil  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -30,3 +31,20 @@ def write_wordpiece_vocab(directory: Path) -> Path:
   (directory / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "BertTokenizer",
                                                               "do_lower_case": True}))
   return directory
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory, fixtures):
+  """Copies of the tiny BERT (student) and MPNet (teacher) fixtures with a shared WordPiece vocab."""
+  root = tmp_path_factory.mktemp("models")
+  out = {}
+  for arch in ("bert", "mpnet"):
+    out[arch] = write_wordpiece_vocab(Path(shutil.copytree(fixtures / f"tiny-{arch}", root / arch)))
+  return out
+
+
+@pytest.fixture
+def isolated_cache(tmp_path_factory, monkeypatch):
+  cache = tmp_path_factory.getbasetemp() / "edistill-cache"  # Shared by the tests: datasets build once.
+  monkeypatch.setenv("EDISTILL_CACHE", str(cache))
+  return cache

@@ -7,7 +7,7 @@ import pytest
 from edistill.data.tfds_builders import RetrievalSet
 from edistill.eval import evaluator, suite
 from edistill.train import loop
-from tests.test_train import _config, isolated_cache, tiny_models  # noqa: F401 (fixtures)
+from tests.test_train import _config
 
 DATA = RetrievalSet(doc_ids=["a", "b", "c"], doc_texts=["red apple fruit", "blue ocean water", "green forest trees"],
                     query_ids=["q1", "q2"], query_texts=["apple", "ocean"], qrels={"q1": {"a": 1}, "q2": {"c": 1}},
@@ -45,7 +45,7 @@ def test_results_table_has_teacher_share_and_blank_cells():
   assert "| teacher | 0.4000 |" in table and "109.5M" in table
 
 
-def test_eval_mode_and_eval_during_training(tmp_path, tiny_models, isolated_cache):  # noqa: F811
+def test_eval_mode_and_eval_during_training(tmp_path, tiny_models, isolated_cache):
   cfg = _config(tiny_models, steps=2)
   cfg.eval.every_steps = 2
   metrics = loop.train(cfg, tmp_path)
@@ -62,7 +62,7 @@ def test_eval_mode_and_eval_during_training(tmp_path, tiny_models, isolated_cach
   assert np.isfinite(metrics["loss"])
 
 
-def test_unknown_eval_model_is_named(tmp_path, tiny_models, isolated_cache):  # noqa: F811
+def test_unknown_eval_model_is_named(tmp_path, tiny_models, isolated_cache):
   cfg = _config(tiny_models)
   cfg.eval.models = ["teacher", "oracle"]
   with pytest.raises(ValueError, match=r"unknown entries \['oracle'\]"):

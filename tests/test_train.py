@@ -1,6 +1,5 @@
 """The sharded train step, the loop (resume, NaN guard) and every ablation config, on tiny models."""
 import importlib.util
-import shutil
 from pathlib import Path
 
 import jax
@@ -15,7 +14,6 @@ from edistill.models.dual_encoder import DualEncoder, init_projection
 from edistill.models.encoder import Encoder
 from edistill.train import loop, state as state_lib
 from edistill.train.step import LossConfig, compute_loss, jit_train_step
-from tests.conftest import write_wordpiece_vocab
 
 ROOT = Path(__file__).resolve().parents[1]
 B, C = 8, 2  # Global batch, documents per query (positive + 1 hard negative).
@@ -151,22 +149,6 @@ def test_model_axis_shards_the_big_matrices():
 
 
 # ------------------------------------------------------------------------------------ the loop
-@pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory, fixtures):
-  root = tmp_path_factory.mktemp("models")
-  out = {}
-  for arch in ("bert", "mpnet"):
-    out[arch] = write_wordpiece_vocab(Path(shutil.copytree(fixtures / f"tiny-{arch}", root / arch)))
-  return out
-
-
-@pytest.fixture
-def isolated_cache(tmp_path_factory, monkeypatch):
-  cache = tmp_path_factory.getbasetemp() / "edistill-cache"  # Shared by the tests: datasets build once.
-  monkeypatch.setenv("EDISTILL_CACHE", str(cache))
-  return cache
-
-
 def _config(tiny_models, row="qemb", steps=6, **train):
   spec = importlib.util.spec_from_file_location("ablation", ROOT / "configs" / "ablation.py")
   mod = importlib.util.module_from_spec(spec)

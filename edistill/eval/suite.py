@@ -6,7 +6,6 @@ tower (+ projection) encodes queries; its documents are the teacher's (asymmetri
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from absl import logging

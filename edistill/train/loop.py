@@ -24,7 +24,6 @@ from edistill.data import pipeline, querygen, tfds_builders
 from edistill.eval import encode as encode_lib
 from edistill.models import zoo
 from edistill.models.dual_encoder import DualEncoder, init_projection
-from edistill.models.encoder import Encoder
 from edistill.train import state as state_lib
 from edistill.train.step import LossConfig, jit_train_step
 

@@ -7,7 +7,6 @@ device (never emulate this with microbatches, whose negatives would be per-micro
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import jax
 import jax.numpy as jnp
