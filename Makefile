@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 WORKDIR ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-slow bench clean
+.PHONY: install demo test test-slow bench ablation clean
 
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ $(VENV)/.bench: $(VENV)/.installed
 
 bench: $(VENV)/.bench
 	$(PY) benchmarks/encode_speed.py
+
+# The paper's ablation (every row of configs/ablation.py, both students): table + plot in runs/ablation.
+ablation: $(VENV)/.bench
+	$(PY) benchmarks/ablation.py --out runs/ablation
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -33,6 +33,6 @@ setup(
     extras_require={
         "test": ["pytest==9.2.0"],
         # The PyTorch reference for benchmarks and fixture generation (CPU build).
-        "bench": ["torch==2.13.0"],
+        "bench": ["torch==2.13.0", "matplotlib==3.10.7"],
     },
 )
