@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -21,11 +20,6 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config fil
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
 flags.mark_flags_as_required(["config", "workdir"])
-
-
-def load_encoder(enc) -> zoo.Pretrained:
-  return zoo.load(enc.name, num_layers=enc.num_layers or None, pooling=enc.pooling,
-                  normalize=enc.normalize, dtype=jnp.dtype(enc.dtype))
 
 
 def embed(pre: zoo.Pretrained, texts, max_length: int) -> np.ndarray:
@@ -50,7 +44,7 @@ def run_similarity(config, workdir: Path) -> str:
   for role in ("teacher", "student"):
     enc = config[role]
     start = time.perf_counter()
-    pre = load_encoder(enc)
+    pre = zoo.load_from_config(enc)
     q = embed(pre, list(config.queries), enc.max_length)
     d = embed(pre, list(config.documents), enc.max_length)
     n_params = sum(x.size for x in jax.tree.leaves(pre.params))

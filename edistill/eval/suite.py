@@ -62,7 +62,6 @@ def load_split(cfg, split: str):
 def run(cfg, workdir: str | Path, split: str | None = None, student_params: dict | None = None,
         models=None, scann: bool | None = None) -> dict[str, dict[str, float]]:
   """Evaluates ``models`` (default ``cfg.eval.models``) on ``split``; writes results_<split>.{json,md}."""
-  from edistill.train.loop import load_encoder
   workdir = Path(workdir)
   split = split or cfg.eval.split
   models = tuple(models or cfg.eval.models)
@@ -77,7 +76,7 @@ def run(cfg, workdir: str | Path, split: str | None = None, student_params: dict
   teacher_docs = None
   dense: list[evaluator.DenseModel] = []
   if "teacher" in models or ("student" in models and cfg.student.kind == "asymmetric"):
-    tpre = load_encoder(cfg.teacher)
+    tpre = zoo.load_from_config(cfg.teacher)
     teacher = pretrained_model("teacher", tpre)
     teacher_docs = encode_lib.encode_pretrained(tpre, data.doc_ids, data.doc_texts, ld, cache,
                                                 desc="teacher documents")  # Shared with training's tables.
@@ -88,7 +87,7 @@ def run(cfg, workdir: str | Path, split: str | None = None, student_params: dict
       rows["teacher"] = {**evaluator.dense_scores(tq, teacher_docs, data, cfg.eval.k, scann),
                          "params_m": teacher.num_params / 1e6,
                          "query_ms": evaluator.query_latency_ms(teacher, data.query_texts, lq)}
-  spre = load_encoder(cfg.student) if {"student", "student_zero_shot"} & set(models) else None
+  spre = zoo.load_from_config(cfg.student) if {"student", "student_zero_shot"} & set(models) else None
   if "student_zero_shot" in models:
     zs = pretrained_model("student_zero_shot", spre)
     q, d = evaluator.embed(zs, data, lq, ld, cache)

@@ -175,3 +175,9 @@ def load(name_or_path: str | os.PathLike, *, num_layers: int | None = None, pool
   module = Encoder(cfg, pooling=head.pooling, normalize=head.normalize,
                    projection_dim=head.projection_dim, dtype=dtype)
   return Pretrained(path, cfg, head, module, params, tokenization.load_tokenizer(path))
+
+
+def load_from_config(enc_cfg) -> Pretrained:
+  """``load`` from an encoder config section (name, num_layers (0 = all), pooling, normalize, dtype)."""
+  return load(enc_cfg.name, num_layers=enc_cfg.num_layers or None, pooling=enc_cfg.pooling,
+              normalize=enc_cfg.normalize, dtype=jnp.dtype(enc_cfg.dtype))

@@ -60,11 +60,6 @@ def loss_config(cfg) -> LossConfig:
   return LossConfig(**{f.name: cfg.loss[f.name] for f in dataclasses.fields(LossConfig)})
 
 
-def load_encoder(enc_cfg) -> zoo.Pretrained:
-  return zoo.load(enc_cfg.name, num_layers=enc_cfg.num_layers or None, pooling=enc_cfg.pooling,
-                  normalize=enc_cfg.normalize, dtype=jnp.dtype(enc_cfg.dtype))
-
-
 @dataclasses.dataclass
 class Setup:
   """Everything the loop needs, built from a config (also used by tests and benchmarks)."""
@@ -102,7 +97,7 @@ def training_data(cfg):
     n_pairs = sum(1 for ds in data.qrels.values() for r in ds.values() if r > 0)
     want = int(round(n_pairs * cfg.querygen.ratio / (1 - cfg.querygen.ratio)))
     key = querygen.cache_key("model_free", {"num": want, "ict": cfg.querygen.ict_fraction, "seed": cfg.seed},
-                             data.query_texts + data.doc_texts[:1000])
+                             data.query_texts + data.doc_texts)
     gen = querygen.cached(Path(zoo.cache_dir()) / "querygen" / f"{key}.jsonl",
                           lambda: querygen.generate_model_free(queries, data.qrels, corpus, want,
                                                                cfg.querygen.ict_fraction, cfg.seed))
@@ -116,7 +111,7 @@ def build(cfg, process_index: int = 0, process_count: int = 1) -> Setup:
   """Data, student, teacher (tables precomputed once and cached) and optimizer for ``cfg``."""
   loss = loss_config(cfg)
   data = training_data(cfg)
-  student_pre = load_encoder(cfg.student)
+  student_pre = zoo.load_from_config(cfg.student)
   pipe = pipeline.from_retrieval_set(
       data, student_pre.tokenizer, student_pre.tokenizer, cfg.data.max_query_length, cfg.data.max_doc_length,
       cfg.train.batch_size, cfg.data.num_hard_negatives, cfg.seed, process_index, process_count)
@@ -129,7 +124,7 @@ def build(cfg, process_index: int = 0, process_count: int = 1) -> Setup:
 
   teacher, teacher_params = None, None
   if loss.needs_teacher() or kind == "asymmetric":
-    tpre = load_encoder(cfg.teacher)
+    tpre = zoo.load_from_config(cfg.teacher)
     teacher = teachers.Teacher(tpre.module, cfg.teacher.mode)
     if cfg.teacher.mode == "online":
       if tpre.tokenizer.get_vocab() != student_pre.tokenizer.get_vocab():
