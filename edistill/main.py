@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import logging as std_logging
 import time
 from pathlib import Path
 
@@ -57,9 +58,18 @@ def run_similarity(config, workdir: Path) -> str:
   return text
 
 
+class _QuietLibraries(std_logging.Filter):
+  """Drops INFO chatter from Orbax and JAX internals (one line per checkpoint phase); keeps warnings."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return record.levelno >= std_logging.WARNING or not any(
+        part in record.pathname for part in ("/orbax/", "/jax/_src/"))
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   config = _CONFIG.value
   config_lib.validate(config)
   workdir = Path(_WORKDIR.value)
