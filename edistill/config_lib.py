@@ -6,11 +6,19 @@ A config is an ``ml_collections.ConfigDict`` returned by ``get_config(arg)`` in 
 """
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import ml_collections
 
 MODES = ("train", "eval", "similarity")
 STUDENT_KINDS = ("tied", "untied", "asymmetric")
 SOURCES = ("stdlib", "wordnet_gcide", "debian", "beir", "msmarco", "dpr_nq")
+
+
+def cache_root() -> Path:
+  """Where downloads, built datasets and embedding caches live: ``$EDISTILL_CACHE`` or ~/.cache/edistill."""
+  return Path(os.environ.get("EDISTILL_CACHE", Path.home() / ".cache" / "edistill"))
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:

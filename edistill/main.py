@@ -15,6 +15,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from edistill import config_lib
+from edistill.eval import encode as encode_lib
 from edistill.models import zoo
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/X.py[:arg]).",
@@ -24,10 +25,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def embed(pre: zoo.Pretrained, texts, max_length: int) -> np.ndarray:
-  """Embeds texts in one jitted call, ``[N, D]`` float32."""
-  batch = pre.tokenize(texts, max_length=max_length, bucket=16)
-  fn = jax.jit(lambda p, b: pre.module.apply({"params": p}, b["input_ids"], b["attention_mask"]))
-  return np.asarray(fn(pre.params, batch))
+  """``[N, D]`` float32 embeddings of a few texts."""
+  fn = lambda p, i, m: pre.module.apply({"params": p}, i, m)
+  return encode_lib.encode(fn, pre.params, pre.tokenizer, list(texts), max_length, desc=None)
 
 
 def similarity_table(name: str, sims: np.ndarray, queries, documents) -> str:

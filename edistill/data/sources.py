@@ -48,7 +48,8 @@ from typing import Callable, Iterable, Iterator, Mapping, Sequence
 from absl import logging
 from tqdm.auto import tqdm
 
-from edistill.data.formats import DataError, Document, Qrels, write_beir
+from edistill.config_lib import cache_root
+from edistill.data.formats import DataError, Document, Qrels, read_beir_dataset, write_beir
 
 SOURCES = ("stdlib", "wordnet_gcide", "debian")
 # Default (= pool) test / dev sizes per source; the rest of the queries are train.
@@ -75,7 +76,7 @@ class Collection:
 
 
 def cache_dir() -> Path:
-  return Path(os.environ.get("EDISTILL_CACHE", Path.home() / ".cache" / "edistill")) / "sources"
+  return cache_root() / "sources"
 
 
 def _words(text: str) -> str:
@@ -629,52 +630,24 @@ def build(source: str, out_dir: str | os.PathLike, *, seed: int = 0, corpus_size
                           n_dev=n_dev, train_share=train_share, options=opts)
 
 
-def _read_jsonl(path: Path) -> dict[str, dict]:
-  with open(path, encoding="utf-8") as f:
-    return {(row := json.loads(line))["_id"]: row for line in f if line.strip()}
-
-
-_BM25_TOKEN = r"(?u)[^\W_]{2,}"
-
-
 def bm25_mrr(dataset_dir: str | os.PathLike, split: str = "test", k: int = 10,
              max_queries: int | None = None) -> dict[str, float]:
-  """BM25 (bm25s: Lucene scoring, English stopwords, no stemming) on one split.
+  """BM25 difficulty check of a built dataset: ``mrr@k``, ``recall@k`` and ``queries``.
 
-  Tokens are runs of 2+ letters/digits, so code identifiers split at underscores ("num_items" ->
-  "num", "items"; prose is unaffected); with bm25s' default ``\\w\\w+`` stdlib scores ~0.28, not ~0.36.
-
-  A difficulty check for builders, not the project's evaluation: returns ``mrr@k`` (first
-  relevant rank), ``recall@k`` (share of a query's relevant documents in the top k, averaged)
-  and ``queries``. ``max_queries`` takes the first queries of the qrels file (seeded hash order).
+  Runs the project's BM25 evaluation (``edistill.eval.evaluator.bm25``: bm25s, Lucene scoring,
+  English stopwords, tokens split at underscores) on the split's queries that have a relevant
+  document; ``max_queries`` takes the first of them in qrels-file order (seeded hash order).
   """
-  import bm25s
-  import numpy as np
+  from edistill.data.tfds_builders import RetrievalSet, doc_text  # Heavy imports, CLI --bm25 only.
+  from edistill.eval import evaluator
 
-  root = Path(dataset_dir)
-  corpus = _read_jsonl(root / "corpus.jsonl")
-  queries = _read_jsonl(root / "queries.jsonl")
-  qrels: dict[str, set[str]] = {}
-  with open(root / "qrels" / f"{split}.tsv", encoding="utf-8") as f:
-    next(f)
-    for line in f:
-      q, d, score = line.rstrip("\n").split("\t")
-      if int(score) > 0:
-        qrels.setdefault(q, set()).add(d)
-  qids = list(qrels)[:max_queries]
-  doc_ids = list(corpus)
-  texts = [" ".join(filter(None, (r.get("title", ""), r["text"]))) for r in corpus.values()]
-  retriever = bm25s.BM25()
-  retriever.index(bm25s.tokenize(texts, token_pattern=_BM25_TOKEN, show_progress=False), show_progress=False)
-  tokens = bm25s.tokenize([queries[q]["text"] for q in qids], token_pattern=_BM25_TOKEN, show_progress=False)
-  hits, _ = retriever.retrieve(tokens, k=min(k, len(doc_ids)), show_progress=False)
-  rr, recall = [], []
-  for q, row in zip(qids, np.asarray(hits)):
-    ranked = [doc_ids[i] for i in row]
-    rel = qrels[q]
-    rr.append(next((1.0 / (r + 1) for r, d in enumerate(ranked) if d in rel), 0.0))
-    recall.append(len(rel.intersection(ranked)) / len(rel))
-  return {f"mrr@{k}": float(np.mean(rr)), f"recall@{k}": float(np.mean(recall)), "queries": len(qids)}
+  corpus, queries, qrels = read_beir_dataset(dataset_dir, split)
+  qids = [q for q, ds in qrels.items() if any(r > 0 for r in ds.values())][:max_queries]
+  data = RetrievalSet(doc_ids=list(corpus), doc_texts=[doc_text(d.title, d.text) for d in corpus.values()],
+                      query_ids=qids, query_texts=[queries[q] for q in qids], qrels={q: qrels[q] for q in qids},
+                      hard_negatives={})
+  out = evaluator.bm25(data, k, metrics=(f"mrr@{k}", f"recall@{k}"))
+  return {f"mrr@{k}": out[f"mrr@{k}"], f"recall@{k}": out[f"recall@{k}"], "queries": int(out["num_queries"])}
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -28,6 +28,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 from tqdm.auto import tqdm
 
+from edistill.config_lib import cache_root
 from edistill.data import formats
 
 KINDS = ("beir", "msmarco", "dpr_nq")
@@ -212,7 +213,7 @@ def prepare(source: str, path: str = "", corpus_size: int = 0, seed: int = 0, er
   cache) or a raw format (``beir``, ``msmarco``, ``dpr_nq``) whose files are in ``path``.
   """
   from edistill.data import sources  # Only needed for the offline benchmarks.
-  root = Path(cache) if cache else Path(os.environ.get("EDISTILL_CACHE", Path.home() / ".cache" / "edistill"))
+  root = Path(cache) if cache else cache_root()
   if source in sources.SOURCES:
     name = f"{source}-{corpus_size or 'full'}-seed{seed}"
     raw = root / "datasets" / name

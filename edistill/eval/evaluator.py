@@ -21,7 +21,9 @@ from edistill.eval import index as index_lib
 from edistill.eval import metrics as metrics_lib
 
 METRICS = ("mrr@10", "recall@10", "recall@100", "ndcg@10")
-BM25_TOKEN = r"(?u)\b[^\W_][^\W_]+\b"  # Runs of 2+ letters/digits: identifiers split at underscores.
+# Runs of 2+ letters/digits, so code identifiers split at underscores ("num_items" -> "num", "items");
+# prose is unaffected. With bm25s' default \w\w+ the stdlib benchmark scores ~0.28 instead of ~0.36.
+BM25_TOKEN = r"(?u)[^\W_]{2,}"
 
 
 @dataclasses.dataclass

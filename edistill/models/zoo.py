@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from absl import logging
 from tqdm.auto import tqdm
 
+from edistill.config_lib import cache_root
 from edistill.models import hf_import, tokenization
 from edistill.models.encoder import Encoder, TransformerConfig
 
@@ -43,7 +44,7 @@ class ZooError(RuntimeError):
 
 
 def cache_dir() -> Path:
-  return Path(os.environ.get("EDISTILL_CACHE", Path.home() / ".cache" / "edistill"))
+  return cache_root()
 
 
 def sha256(path: Path, desc: str | None = None) -> str:
