@@ -39,10 +39,13 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
 
 def encoder_config(name: str, max_length: int = 128, num_layers: int = 0, pooling: str = "mean",
                    normalize: bool = True) -> ml_collections.ConfigDict:
-  """One encoder: a zoo name or local HF directory, its head, and ``num_layers`` (0 = all)."""
+  """One encoder: a zoo name or local HF directory, its head, and ``num_layers`` (0 = all).
+
+  ``dropout`` < 0 keeps the checkpoint's own dropout rates; >= 0 sets both (hidden and attention).
+  """
   return ml_collections.ConfigDict({
       "name": name, "max_length": max_length, "num_layers": num_layers,
-      "pooling": pooling, "normalize": normalize, "dtype": "float32"})
+      "pooling": pooling, "normalize": normalize, "dtype": "float32", "dropout": -1.0})
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -102,6 +105,8 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
       raise ValueError(f"config.{key}.max_length={enc.max_length} is too short.")
     if enc.num_layers < 0:
       raise ValueError(f"config.{key}.num_layers={enc.num_layers} must be >= 0 (0 = all layers).")
+    if enc.get("dropout", -1.0) >= 1:
+      raise ValueError(f"config.{key}.dropout={enc.dropout} must be < 1 (< 0 keeps the checkpoint's).")
   if cfg.mode not in ("train", "eval"):
     return
   if cfg.teacher.mode not in ("precomputed", "online"):

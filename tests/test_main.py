@@ -58,6 +58,7 @@ def test_unknown_preset_argument_is_named(tmp_path):
     ("train.batch_size", 1, "config.train.batch_size=1"),
     ("querygen.ratio", 1.0, "config.querygen.ratio=1.0"),
     ("teacher.mode", "telepathic", "config.teacher.mode='telepathic'"),
+    ("student.dropout", 1.0, "config.student.dropout=1.0"),
 ])
 def test_validation_names_the_key(key, value, message):
   cfg = config_lib.base_config()

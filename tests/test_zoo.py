@@ -46,6 +46,19 @@ def test_load_applies_head_overrides(tmp_path, fixtures):
   assert pre.tokenize(["the cat"], max_length=6)["input_ids"].tolist() == [[2, 5, 6, 3, 0, 0]]
 
 
+def test_dropout_override_changes_training_noise_only(tmp_path, fixtures):
+  ckpt = write_wordpiece_vocab(Path(shutil.copytree(fixtures / "tiny-bert", tmp_path / "ckpt")))
+  stored, off = zoo.load(ckpt), zoo.load(ckpt, dropout=0.0)
+  assert stored.config.hidden_dropout > 0 and off.config.hidden_dropout == off.config.attention_dropout == 0.0
+  ids = np.asarray(off.tokenize(["the cat sat"], max_length=8)["input_ids"])
+  mask = (ids != 0).astype(np.int32)
+  train = lambda pre: pre.module.apply({"params": pre.params}, ids, mask, deterministic=False,
+                                       rngs={"dropout": jax.random.key(0)})
+  # Without dropout a training-mode forward is the inference forward; with the stored rate it is not.
+  np.testing.assert_allclose(train(off), off.module.apply({"params": off.params}, ids, mask), atol=1e-6)
+  assert np.abs(train(stored) - train(off)).max() > 1e-3
+
+
 # --------------------------------------------------------------------------- real checkpoints
 @pytest.fixture(scope="module")
 def real(fixtures):

@@ -157,15 +157,18 @@ class Pretrained:
 
 def load(name_or_path: str | os.PathLike, *, num_layers: int | None = None, pooling: str | None = None,
          normalize: bool | None = None, projection_dim: int | None = None,
-         dtype: Any = jnp.float32) -> Pretrained:
+         dtype: Any = jnp.float32, dropout: float | None = None) -> Pretrained:
   """Loads a checkpoint as an Encoder. Unset head options come from the checkpoint's own
-  sentence-transformers modules; ``num_layers`` keeps the first N layers (smaller students).
+  sentence-transformers modules; ``num_layers`` keeps the first N layers (smaller students);
+  ``dropout`` (None: the checkpoint's) sets the hidden and attention dropout used in training.
 
   A new ``projection_dim`` (not stored in the checkpoint) has no params here: initialise it.
   """
   path = resolve(name_or_path)
   full = hf_import.read_config(path)
   cfg, params = hf_import.load_params(path, full.with_layers(num_layers) if num_layers else full)
+  if dropout is not None:
+    cfg = dataclasses.replace(cfg, hidden_dropout=dropout, attention_dropout=dropout)
   stored = hf_import.read_head(path)
   head = hf_import.HeadConfig(
       pooling=pooling or stored.pooling,
@@ -179,6 +182,9 @@ def load(name_or_path: str | os.PathLike, *, num_layers: int | None = None, pool
 
 
 def load_from_config(enc_cfg) -> Pretrained:
-  """``load`` from an encoder config section (name, num_layers (0 = all), pooling, normalize, dtype)."""
+  """``load`` from an encoder config section (name, num_layers (0 = all), pooling, normalize, dtype,
+  dropout (< 0 or absent: the checkpoint's))."""
+  dropout = enc_cfg.get("dropout", -1.0)
   return load(enc_cfg.name, num_layers=enc_cfg.num_layers or None, pooling=enc_cfg.pooling,
-              normalize=enc_cfg.normalize, dtype=jnp.dtype(enc_cfg.dtype))
+              normalize=enc_cfg.normalize, dtype=jnp.dtype(enc_cfg.dtype),
+              dropout=None if dropout < 0 else float(dropout))
