@@ -55,7 +55,10 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.seed = 0
   cfg.data = ml_collections.ConfigDict({
       "source": "wordnet_gcide", "path": "", "corpus_size": 10000, "split": "train", "errors": "raise",
-      "max_query_length": 32, "max_doc_length": 128, "num_hard_negatives": 0})
+      "max_query_length": 32, "max_doc_length": 128, "num_hard_negatives": 0,
+      # Extra training queries without labels (0 = none): each gets the teacher's top-1 document
+      # as its positive; from ``unlabeled_path`` or, for an offline benchmark subset, its own.
+      "unlabeled_queries": 0, "unlabeled_path": ""})
   cfg.teacher = encoder_config("mpnet-base")
   cfg.teacher.batch_size = 64  # For precomputing its embedding tables.
   cfg.teacher.mode = "precomputed"  # or "online" (needs the student's tokenizer; costs a teacher forward a step)
@@ -131,5 +134,13 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.train.batch_size={cfg.train.batch_size}: in-batch negatives need >= 2.")
   if cfg.train.steps < 1 or cfg.train.log_every < 1:
     raise ValueError("config.train.steps and config.train.log_every must be >= 1.")
+  if cfg.data.unlabeled_queries < 0:
+    raise ValueError(f"config.data.unlabeled_queries={cfg.data.unlabeled_queries} must be >= 0.")
+  if cfg.data.unlabeled_queries and not (cfg.student.kind == "asymmetric" or any(
+      cfg.loss[k] for k in ("score", "margin_mse", "query_emb", "doc_emb"))):
+    raise ValueError("config.data.unlabeled_queries needs a teacher: a distillation loss or an asymmetric student.")
+  if cfg.data.unlabeled_queries and cfg.teacher.mode != "precomputed":
+    raise ValueError("config.data.unlabeled_queries needs config.teacher.mode='precomputed' (the teacher "
+                     "labels them with its top-1 document from its precomputed document table).")
   if not 0 <= cfg.querygen.ratio < 1:
     raise ValueError(f"config.querygen.ratio={cfg.querygen.ratio} must be in [0, 1).")

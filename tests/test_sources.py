@@ -84,6 +84,13 @@ def test_corpus_size_keeps_every_dev_and_test_positive(stdlib_collection, tmp_pa
   train = _read_qrels(small / "qrels/train.tsv")
   assert train and all(ds <= corpus for ds in train.values())
   assert not set(train) & set(_read_qrels(full / "qrels/test.tsv"))  # No query is train here, test there.
+  # Train queries whose positives were cut become unlabeled queries: never dev/test, never labeled.
+  unlabeled = {json.loads(line)["_id"] for line in (small / "unlabeled_queries.jsonl").read_text().splitlines()}
+  full_train = _read_qrels(full / "qrels/train.tsv")
+  assert unlabeled == set(full_train) - set(train)
+  assert all(not full_train[q] & corpus for q in unlabeled)
+  assert json.loads((small / "manifest.json").read_text())["counts"]["unlabeled_queries"] == len(unlabeled)
+  assert not (full / "unlabeled_queries.jsonl").exists()
 
 
 def test_split_and_subset_rules():

@@ -253,3 +253,31 @@ def test_lstsq_projection_recovers_a_linear_map():
   p = loop.lstsq_projection(s, (s @ w + b).astype(np.float32), ridge=1e-9)
   np.testing.assert_allclose(p["kernel"], w, atol=1e-4)
   np.testing.assert_allclose(p["bias"], b, atol=1e-4)
+
+
+def test_pseudo_labels_are_the_teacher_top1_documents():
+  from edistill.data.tfds_builders import RetrievalSet
+  data = RetrievalSet(["d0", "d1", "d2"], ["a", "b", "c"], ["q0"], ["x"], {"q0": {"d1": 1}}, {})
+  docs = np.eye(3, 4, dtype=np.float32)
+  queries = np.array([[0.1, 0.2, 0.9, 0], [0.8, 0.1, 0.0, 0], [0, 0.5, 0.4, 0.3]], np.float32)
+  out, top1 = loop.pseudo_labeled(data, ["u0", "u1", "u2"], ["y", "z", "w"], queries, docs)
+  assert top1.tolist() == [2, 0, 1]
+  assert out.query_ids == ["q0", "u0", "u1", "u2"] and out.query_texts == ["x", "y", "z", "w"]
+  assert out.qrels == {"q0": {"d1": 1}, "u0": {"d2": 1}, "u1": {"d0": 1}, "u2": {"d1": 1}}
+  with pytest.raises(ValueError, match="also labeled"):
+    loop.pseudo_labeled(data, ["q0"], ["x"], queries[:1], docs)
+
+
+def test_unlabeled_queries_join_training_with_teacher_rows(tmp_path, tiny_models, isolated_cache):
+  cfg = _config(tiny_models, steps=1)
+  base = loop.build(cfg)
+  cfg.data.unlabeled_queries = 40
+  more = loop.build(cfg)
+  assert len(more.pipe.examples) == len(base.pipe.examples) + 40
+  assert more.teacher_params["queries"].shape[0] == len(more.pipe.queries) == len(base.pipe.queries) + 40
+  np.testing.assert_array_equal(more.teacher_params["queries"][:len(base.pipe.queries)], base.teacher_params["queries"])
+  # Each unlabeled query's positive is its teacher's best document.
+  new = more.pipe.examples.query >= len(base.pipe.queries)
+  scores = more.teacher_params["queries"][more.pipe.examples.query[new]] @ more.teacher_params["docs"].T
+  np.testing.assert_array_equal(more.pipe.examples.docs[new, 0], scores.argmax(1))
+  assert np.isfinite(loop.train(cfg, tmp_path)["loss"])

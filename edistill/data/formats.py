@@ -60,17 +60,20 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 def write_beir(out_dir: str | os.PathLike, corpus: Iterable[Document], queries: Mapping[str, str],
-               qrels: Mapping[str, Qrels], manifest: Mapping | None = None) -> Path:
+               qrels: Mapping[str, Qrels], manifest: Mapping | None = None,
+               unlabeled: Mapping[str, str] | None = None) -> Path:
   """Writes a BEIR-format dataset directory and its ``manifest.json``.
 
   ``qrels`` maps a split name ("train", "dev", "test") to that split's qrels. The manifest gets
   ``counts`` and the ``sha256`` of every file written, on top of the given fields (sources,
-  versions, options), so a result can name exactly the data it was computed on.
+  versions, options), so a result can name exactly the data it was computed on. ``unlabeled``
+  training queries (no relevant document in this corpus) go to ``unlabeled_queries.jsonl``, in
+  the format of ``queries.jsonl``.
   """
   out = Path(out_dir)
   docs = list(corpus)
   # Ids go into TSV qrels unescaped: a tab or newline in one would corrupt the file silently.
-  for kind, ids in (("document", (d.doc_id for d in docs)), ("query", queries)):
+  for kind, ids in (("document", (d.doc_id for d in docs)), ("query", [*queries, *(unlabeled or ())])):
     bad = next((i for i in ids if not i or any(c in i for c in "\t\n\r")), None)
     if bad is not None:
       raise DataError(f"{out}: {kind} id {bad!r} is empty or contains a tab/newline.")
@@ -82,10 +85,15 @@ def write_beir(out_dir: str | os.PathLike, corpus: Iterable[Document], queries: 
     rows = (f"{q}\t{d}\t{r}" for q, ds in split_qrels.items() for d, r in ds.items())
     _atomic_write_lines(out / "qrels" / f"{split}.tsv", ["query-id\tcorpus-id\tscore", *rows])
   files = ["corpus.jsonl", "queries.jsonl", *(f"qrels/{s}.tsv" for s in qrels)]
+  if unlabeled is not None:
+    _atomic_write_lines(out / "unlabeled_queries.jsonl", (json.dumps({"_id": q, "text": t}, ensure_ascii=False)
+                                                          for q, t in unlabeled.items()))
+    files.append("unlabeled_queries.jsonl")
   full = {
       **(manifest or {}),
       "format": "beir",
       "counts": {"documents": len(docs), "queries": len(queries),
+                 **({"unlabeled_queries": len(unlabeled)} if unlabeled is not None else {}),
                  **{f"{s}_queries": len(v) for s, v in qrels.items()},
                  **{f"{s}_pairs": sum(len(x) for x in v.values()) for s, v in qrels.items()}},
       "sha256": {f: file_sha256(out / f) for f in files},

@@ -143,6 +143,9 @@ def write_collection(col: Collection, out_dir: str | os.PathLike, source: str, *
     rows = {q: {d: r for d, r in col.qrels[q].items() if d in keep} for q in splits[split]}
     qrels[split] = {q: ds for q, ds in rows.items() if ds}
   used = {q for s in qrels.values() for q in s}
+  # Train queries whose positives fell outside the subset: real, in-distribution queries for the
+  # label-free losses (query embedding matching, score distillation against in-batch documents).
+  unlabeled = {q: col.queries[q] for q in splits["train"] if q not in used} if corpus_size else None
   manifest = {
       **col.manifest, "source": source, "builder": "edistill.data.sources",
       "options": {**(options or {}), "seed": seed, "corpus_size": corpus_size, "n_test": n_test,
@@ -151,7 +154,7 @@ def write_collection(col: Collection, out_dir: str | os.PathLike, source: str, *
                       "pairs": sum(len(v) for v in col.qrels.values())},
   }
   return write_beir(out_dir, (doc for d, doc in col.corpus.items() if d in keep),
-                    {q: t for q, t in col.queries.items() if q in used}, qrels, manifest)
+                    {q: t for q, t in col.queries.items() if q in used}, qrels, manifest, unlabeled)
 
 
 # ---------------------------------------------------------------------------------------------

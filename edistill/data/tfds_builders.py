@@ -215,14 +215,49 @@ def prepare(source: str, path: str = "", corpus_size: int = 0, seed: int = 0, er
   from edistill.data import sources  # Only needed for the offline benchmarks.
   root = Path(cache) if cache else cache_root()
   if source in sources.SOURCES:
-    name = f"{source}-{corpus_size or 'full'}-seed{seed}"
-    raw = root / "datasets" / name
+    raw = _offline_dir(root, source, corpus_size, seed)
     if not (raw / "manifest.json").is_file():
-      sources.build(source, raw, seed=seed, corpus_size=corpus_size or None, train_share=0.5 if corpus_size else 0.0)
-    return builder("beir", raw, root / "tfds" / name, errors)
+      _build_offline(source, raw, corpus_size, seed)
+    return builder("beir", raw, root / "tfds" / raw.name, errors)
   if source in KINDS:
     if not path:
       raise ValueError(f"config.data.path must name the {source} files' directory.")
     key = hashlib.sha256(str(Path(path).absolute()).encode()).hexdigest()[:12]
     return builder(source, path, root / "tfds" / f"{source}-{key}", errors)
   raise ValueError(f"config.data.source={source!r}; expected one of {sorted((*sources.SOURCES, *KINDS))}.")
+
+
+def _offline_dir(root: Path, source: str, corpus_size: int, seed: int) -> Path:
+  return root / "datasets" / f"{source}-{corpus_size or 'full'}-seed{seed}"
+
+
+def _build_offline(source: str, raw: Path, corpus_size: int, seed: int) -> None:
+  from edistill.data import sources
+  sources.build(source, raw, seed=seed, corpus_size=corpus_size or None, train_share=0.5 if corpus_size else 0.0)
+
+
+def unlabeled_queries(source: str, path: str = "", corpus_size: int = 0, seed: int = 0, errors: str = "raise",
+                      unlabeled_path: str = "", cache: str | os.PathLike | None = None) -> dict[str, str]:
+  """{query id: text} of unlabeled training queries, in file order.
+
+  ``unlabeled_path`` names a queries file (BEIR ``.jsonl`` or MS MARCO ``.tsv``, optionally ``.gz``);
+  without it an offline benchmark built with a ``corpus_size`` supplies the train queries whose
+  relevant documents fell outside the subset (``unlabeled_queries.jsonl`` beside its queries).
+  """
+  if not unlabeled_path:
+    from edistill.data import sources
+    if source not in sources.SOURCES or not corpus_size:
+      raise ValueError(f"config.data.unlabeled_path must name a queries file: data.source={source!r} with "
+                       f"corpus_size={corpus_size} has no built-in unlabeled queries.")
+    prepare(source, path, corpus_size, seed, errors, cache)
+    raw = _offline_dir(Path(cache) if cache else cache_root(), source, corpus_size, seed)
+    unlabeled_path = raw / "unlabeled_queries.jsonl"
+    if not unlabeled_path.is_file():  # Built by an older edistill: rebuild (deterministic, same files).
+      _build_offline(source, raw, corpus_size, seed)
+  name = str(unlabeled_path).removesuffix(".gz")
+  if name.endswith(".jsonl"):
+    return formats.read_beir_queries(unlabeled_path, errors=errors)
+  if name.endswith(".tsv"):
+    return formats.read_msmarco_queries(unlabeled_path, errors=errors)
+  raise ValueError(f"config.data.unlabeled_path={str(unlabeled_path)!r}: expected a .jsonl (BEIR) or .tsv "
+                   f"(MS MARCO) queries file.")

@@ -107,14 +107,44 @@ def training_data(cfg):
   return data
 
 
+def pseudo_labeled(data, ids: list[str], texts: list[str], query_emb: np.ndarray, doc_emb: np.ndarray):
+  """``data`` plus unlabeled queries, each relevant to the teacher's top-1 document.
+
+  query_emb: [n, Dt] teacher embeddings of ``texts``; doc_emb: [Nd, Dt] of ``data``'s documents.
+  Returns (the extended RetrievalSet, the row indices of the chosen documents [n]).
+  """
+  clash = sorted(set(ids) & set(data.query_ids))
+  if clash:
+    raise ValueError(f"unlabeled query ids {clash[:5]} are also labeled training queries.")
+  top1 = np.argmax(query_emb @ doc_emb.T, axis=1) if len(ids) else np.zeros(0, np.int64)
+  qrels = {**data.qrels, **{q: {data.doc_ids[d]: 1} for q, d in zip(ids, top1)}}
+  return dataclasses.replace(data, query_ids=[*data.query_ids, *ids], query_texts=[*data.query_texts, *texts],
+                             qrels=qrels), top1
+
+
+def with_unlabeled(cfg, data, tpre, tables: dict[str, np.ndarray]):
+  """Adds ``cfg.data.unlabeled_queries`` unlabeled queries (seeded choice) with teacher pseudo-labels."""
+  pool = tfds_builders.unlabeled_queries(cfg.data.source, cfg.data.path, cfg.data.corpus_size, cfg.seed,
+                                         cfg.data.errors, cfg.data.unlabeled_path)
+  pool_ids = sorted(pool)
+  pick = np.sort(np.random.default_rng([cfg.seed, 11]).permutation(len(pool_ids))[:cfg.data.unlabeled_queries])
+  ids = [pool_ids[i] for i in pick]
+  texts = [pool[q] for q in ids]
+  if len(ids) < cfg.data.unlabeled_queries:
+    logging.warning("config.data.unlabeled_queries=%d but only %d are available; using them all.",
+                    cfg.data.unlabeled_queries, len(ids))
+  emb = encode_lib.encode_pretrained(tpre, ids, texts, cfg.data.max_query_length, Path(zoo.cache_dir()) / "embeddings",
+                                     batch_size=cfg.teacher.batch_size, desc="teacher unlabeled queries")
+  data, _ = pseudo_labeled(data, ids, texts, emb, tables["docs"])
+  logging.info("Added %d unlabeled queries (teacher top-1 pseudo-labels)", len(ids))
+  return data, {**tables, "queries": np.concatenate([tables["queries"], emb])}
+
+
 def build(cfg, process_index: int = 0, process_count: int = 1) -> Setup:
   """Data, student, teacher (tables precomputed once and cached) and optimizer for ``cfg``."""
   loss = loss_config(cfg)
   data = training_data(cfg)
   student_pre = zoo.load_from_config(cfg.student)
-  pipe = pipeline.from_retrieval_set(
-      data, student_pre.tokenizer, student_pre.tokenizer, cfg.data.max_query_length, cfg.data.max_doc_length,
-      cfg.train.batch_size, cfg.data.num_hard_negatives, cfg.seed, process_index, process_count)
   kind = cfg.student.kind
   doc_encoder = student_pre.module if kind == "untied" else None
   student = DualEncoder(student_pre.module, doc_encoder, kind)
@@ -139,6 +169,8 @@ def build(cfg, process_index: int = 0, process_count: int = 1) -> Setup:
                                                   cache, batch_size=cfg.teacher.batch_size, desc="teacher queries"),
           "docs": encode_lib.encode_pretrained(tpre, data.doc_ids, data.doc_texts, cfg.data.max_doc_length,
                                                cache, batch_size=cfg.teacher.batch_size, desc="teacher documents")}
+      if cfg.data.unlabeled_queries:
+        data, tables = with_unlabeled(cfg, data, tpre, tables)
       teacher_params = tables
       t_dim = tables["queries"].shape[1]
     s_dim = student_pre.module.projection_dim or student_pre.config.hidden_size
@@ -152,6 +184,9 @@ def build(cfg, process_index: int = 0, process_count: int = 1) -> Setup:
         params["query_projection"] = init_projection(jax.random.fold_in(rng, 0), s_dim, t_dim)
     if loss.doc_emb and s_dim != t_dim:
       params["doc_projection"] = init_projection(jax.random.fold_in(rng, 1), s_dim, t_dim)
+  pipe = pipeline.from_retrieval_set(
+      data, student_pre.tokenizer, student_pre.tokenizer, cfg.data.max_query_length, cfg.data.max_doc_length,
+      cfg.train.batch_size, cfg.data.num_hard_negatives, cfg.seed, process_index, process_count)
   tc = cfg.train
   tx = state_lib.make_optimizer(tc.learning_rate, tc.steps, tc.warmup_steps, tc.weight_decay, tc.grad_clip,
                                 tc.schedule, tuple(tc.frozen))
