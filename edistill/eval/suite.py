@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import jax
 import numpy as np
 from absl import logging
 
@@ -110,6 +111,7 @@ def run(cfg, workdir: str | Path, split: str | None = None, student_params: dict
     rows["bm25"] = evaluator.bm25(data, cfg.eval.k)
   header = (f"# {cfg.data.source} {split}: {len(data.query_ids)} queries, {len(data.doc_ids)} documents\n\n"
             f"Exact search{' (ScaNN rows: scann/*)' if scann else ''}; query latency = batch 1, CPU.\n\n")
-  evaluator.write_results(workdir, split, rows, header)
+  if jax.process_index() == 0:  # Only process 0 writes results (every process computes them).
+    evaluator.write_results(workdir, split, rows, header)
   logging.info("\n%s", evaluator.results_table(rows))
   return rows

@@ -19,7 +19,7 @@ import numpy as np
 from absl import logging
 from tqdm.auto import tqdm
 
-from edistill import checkpoint, mesh as mesh_lib, teachers
+from edistill import checkpoint, distributed, mesh as mesh_lib, teachers
 from edistill.data import pipeline, querygen, tfds_builders
 from edistill.eval import encode as encode_lib
 from edistill.models import zoo
@@ -116,8 +116,8 @@ def build(cfg, process_index: int = 0, process_count: int = 1) -> Setup:
       data, student_pre.tokenizer, student_pre.tokenizer, cfg.data.max_query_length, cfg.data.max_doc_length,
       cfg.train.batch_size, cfg.data.num_hard_negatives, cfg.seed, process_index, process_count)
   kind = cfg.student.kind
-  doc_encoder = student_pre.module if kind == "untied" else None
-  student = DualEncoder(student_pre.module, doc_encoder, kind)
+  module = student_pre.module.clone(remat=cfg.train.remat == "layer")
+  student = DualEncoder(module, module if kind == "untied" else None, kind)
   params = {"query_tower": student_pre.params}
   if kind == "untied":
     params["doc_tower"] = jax.tree.map(np.copy, student_pre.params)
@@ -162,14 +162,16 @@ def train(cfg, workdir: str | Path) -> dict[str, float]:
   """Runs (or resumes) training to ``cfg.train.steps``; returns the last logged metrics."""
   workdir = Path(workdir)
   pid, nproc = jax.process_index(), jax.process_count()
-  setup = build(cfg, pid, nproc)
+  setup = distributed.process0_first(lambda: build(cfg, pid, nproc), "build")  # Process 0 fills the caches.
   mesh = mesh_lib.make_mesh(dict(cfg.mesh))
   batch_sharding = mesh_lib.batch_sharding(mesh)
+  distributed.check_batch_layout(batch_sharding, cfg.train.batch_size, pid, nproc)
   abstract = jax.eval_shape(lambda p: state_lib.create(p, setup.tx, cfg.seed), setup.init_params)
   state_sh = mesh_lib.tree_shardings(abstract, mesh)
   teacher_sh = mesh_lib.replicated(mesh)
   teacher_params = jax.device_put(setup.teacher_params, teacher_sh) if setup.teacher_params is not None else None
-  step_fn = jit_train_step(setup.student, setup.teacher, setup.loss, setup.tx, state_sh, teacher_sh, batch_sharding)
+  step_fn = jit_train_step(setup.student, setup.teacher, setup.loss, setup.tx, state_sh, teacher_sh, batch_sharding,
+                           grad_cache_chunk=cfg.train.grad_cache_chunk)
 
   ckpt = checkpoint.Checkpointer(workdir / "checkpoints", cfg.train.keep_checkpoints, cfg.train.checkpoint_every)
   target = checkpoint.abstract_like(abstract, state_sh)
