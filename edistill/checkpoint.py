@@ -67,7 +67,10 @@ class Checkpointer:
     if step is None or step not in self.manager.all_steps():
       raise CheckpointNotFoundError(f"{self.directory}: no checkpoint at step {step} "
                                     f"(available: {self.all_steps()}).")
-    return self.manager.restore(step, args=ocp.args.StandardRestore())["params"]
+    # A checkpoint written on another topology (e.g. a multi-host pod slice) restores onto one local
+    # device: without a fallback, Orbax refuses the saved multi-process shardings.
+    local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return self.manager.restore(step, args=ocp.args.StandardRestore(fallback_sharding=local))["params"]
 
   def close(self) -> None:
     self.manager.wait_until_finished()

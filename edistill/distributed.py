@@ -19,9 +19,12 @@ and checks the contracts edistill relies on:
 """
 from __future__ import annotations
 
+import socket
+import time
 from typing import Callable, TypeVar
 
 import jax
+from absl import logging
 
 T = TypeVar("T")
 CPU_COLLECTIVES = ("", "gloo", "mpi")
@@ -73,22 +76,42 @@ def initialize(dc) -> None:
   if dc.cpu_collectives:
     jax.config.update("jax_cpu_collectives_implementation", dc.cpu_collectives)
   kw = dict(initialization_timeout=int(dc.timeout_s))
+  how = "auto-detection (no coordinator_address)"
   if dc.coordinator_address:
     kw.update(coordinator_address=dc.coordinator_address, num_processes=int(dc.num_processes),
               process_id=int(dc.process_id))
+    how = (f"coordinator_address={dc.coordinator_address!r}, num_processes={dc.num_processes}, "
+           f"process_id={dc.process_id}")
+  hint = (f"config.distributed {how}, timeout_s={dc.timeout_s}. Every process must run the same command with "
+          "the same coordinator (process 0's host:port, reachable from all) and num_processes, and its own "
+          "process_id; auto-detection works on Cloud TPU VMs (run with --worker=all).")
+  logging.info("jax.distributed: starting with %s", hint)  # XLA aborts the process on some failures.
+  if dc.coordinator_address and dc.process_id != 0:
+    _wait_for_coordinator(dc.coordinator_address, dc.timeout_s, hint)
   try:
     jax.distributed.initialize(**kw)
   except Exception as e:  # XlaRuntimeError (deadline, connection), ValueError (nothing to auto-detect), ...
-    how = (f"coordinator_address={dc.coordinator_address!r}, num_processes={dc.num_processes}, "
-           f"process_id={dc.process_id}" if dc.coordinator_address else "auto-detection (no coordinator_address)")
-    raise DistributedSetupError(
-        f"jax.distributed.initialize failed with config.distributed {how}, timeout_s={dc.timeout_s}: "
-        f"{type(e).__name__}: {e}. Every process must run the same command with the same coordinator "
-        "(process 0's host:port, reachable from all) and num_processes, and its own process_id; "
-        "auto-detection works on Cloud TPU VMs (run with --worker=all).") from e
+    raise DistributedSetupError(f"jax.distributed.initialize failed ({type(e).__name__}: {e}) with {hint}") from e
+  logging.info("jax.distributed: process %d of %d, %d local of %d devices", jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count())
   if dc.num_processes and jax.process_count() != dc.num_processes:
     raise DistributedSetupError(f"config.distributed.num_processes={dc.num_processes} but jax.process_count() is "
                                 f"{jax.process_count()}.")
+
+
+def _wait_for_coordinator(address: str, timeout_s: float, hint: str) -> None:
+  """Raises DistributedSetupError unless ``address`` accepts a TCP connection within ``timeout_s``
+  (XLA's own client would abort the process instead of raising)."""
+  host, _, port = address.rpartition(":")
+  deadline = time.monotonic() + timeout_s
+  while True:
+    try:
+      socket.create_connection((host.strip("[]"), int(port)), timeout=2).close()
+      return
+    except OSError as e:
+      if time.monotonic() > deadline:
+        raise DistributedSetupError(f"no coordinator answers at {address} after {timeout_s}s ({e}); {hint}") from e
+      time.sleep(0.5)
 
 
 def is_writer() -> bool:
