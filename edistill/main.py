@@ -12,6 +12,7 @@ from pathlib import Path
 import jax
 import numpy as np
 from absl import app, flags, logging
+from etils import epath
 from ml_collections import config_flags
 
 from edistill import config_lib, distributed
@@ -74,7 +75,7 @@ def main(argv):
   config = _CONFIG.value
   config_lib.validate(config)
   distributed.initialize(config.get("distributed"))  # Before anything touches a JAX backend.
-  workdir = Path(_WORKDIR.value)
+  workdir = epath.Path(_WORKDIR.value)  # A local path or gs://BUCKET/PATH (multi-host: shared by all).
   workdir.mkdir(parents=True, exist_ok=True)
   if distributed.is_writer():
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))

@@ -10,6 +10,7 @@ from pathlib import Path
 import jax
 import numpy as np
 from absl import logging
+from etils import epath
 
 from edistill import checkpoint
 from edistill.data import tfds_builders
@@ -63,7 +64,7 @@ def load_split(cfg, split: str):
 def run(cfg, workdir: str | Path, split: str | None = None, student_params: dict | None = None,
         models=None, scann: bool | None = None) -> dict[str, dict[str, float]]:
   """Evaluates ``models`` (default ``cfg.eval.models``) on ``split``; writes results_<split>.{json,md}."""
-  workdir = Path(workdir)
+  workdir = epath.Path(workdir)  # Local or gs://.
   split = split or cfg.eval.split
   models = tuple(models or cfg.eval.models)
   unknown = set(models) - set(MODELS)
@@ -97,7 +98,7 @@ def run(cfg, workdir: str | Path, split: str | None = None, student_params: dict
                                  "query_ms": evaluator.query_latency_ms(zs, data.query_texts, lq)}
   if "student" in models:
     if student_params is None:
-      ckpt_dir = Path(cfg.eval.checkpoint) if cfg.eval.checkpoint else workdir / "checkpoints"
+      ckpt_dir = epath.Path(cfg.eval.checkpoint) if cfg.eval.checkpoint else workdir / "checkpoints"
       ckpt = checkpoint.Checkpointer(ckpt_dir)
       try:
         student_params = ckpt.restore_params()

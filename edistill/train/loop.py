@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from etils import epath
 from tqdm.auto import tqdm
 
 from edistill import checkpoint, distributed, mesh as mesh_lib, teachers
@@ -33,27 +34,39 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class MetricsWriter:
-  """TensorBoard event files + ``metrics.jsonl`` in the workdir (process 0 only)."""
+  """TensorBoard event files + ``metrics.jsonl`` in the workdir (process 0 only).
+
+  An object-store workdir (gs://) cannot append: there the jsonl file is rewritten at each write."""
 
   def __init__(self, workdir: Path, enabled: bool = True):
     self.enabled = enabled
     if enabled:
       from tensorboardX import SummaryWriter
       self.tb = SummaryWriter(str(workdir / "tensorboard"))
-      self.jsonl = open(workdir / "metrics.jsonl", "a", encoding="utf-8")
+      self.path, self.remote = epath.Path(workdir) / "metrics.jsonl", "://" in str(workdir)
+      if self.remote:
+        self.lines = self.path.read_text().splitlines(keepends=True) if self.path.exists() else []
+      else:
+        self.jsonl = open(self.path, "a", encoding="utf-8")
 
   def write(self, step: int, metrics: dict[str, float]) -> None:
     if not self.enabled:
       return
     for k, v in metrics.items():
       self.tb.add_scalar(k, v, step)
-    self.jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
-    self.jsonl.flush()
+    line = json.dumps({"step": step, **metrics}) + "\n"
+    if self.remote:
+      self.lines.append(line)
+      self.path.write_text("".join(self.lines))
+    else:
+      self.jsonl.write(line)
+      self.jsonl.flush()
 
   def close(self) -> None:
     if self.enabled:
       self.tb.close()
-      self.jsonl.close()
+      if not self.remote:
+        self.jsonl.close()
 
 
 def loss_config(cfg) -> LossConfig:
@@ -160,7 +173,7 @@ def build(cfg, process_index: int = 0, process_count: int = 1) -> Setup:
 
 def train(cfg, workdir: str | Path) -> dict[str, float]:
   """Runs (or resumes) training to ``cfg.train.steps``; returns the last logged metrics."""
-  workdir = Path(workdir)
+  workdir = epath.Path(workdir)
   pid, nproc = jax.process_index(), jax.process_count()
   setup = distributed.process0_first(lambda: build(cfg, pid, nproc), "build")  # Process 0 fills the caches.
   mesh = mesh_lib.make_mesh(dict(cfg.mesh))
