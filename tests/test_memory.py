@@ -129,3 +129,25 @@ def test_layer_remat_gives_the_same_loss_and_gradients(fixtures):
                                                             student=_variant(student, remat=remat), teacher=teacher,
                                                             cfg=ASYM)[0])(params)) for remat in (False, True)}
   assert jaxpr[True].count(" remat2[") == 2 and "remat2[" not in jaxpr[False]  # One per layer.
+
+
+def test_memory_options_are_validated_with_their_key():
+  from edistill import config_lib
+  cfg = config_lib.base_config()
+  cfg.train.grad_cache_chunk = 5
+  with pytest.raises(ValueError, match=r"config.train.grad_cache_chunk=5 must be 0 \(off\) or a positive divisor"):
+    config_lib.validate(cfg)
+  cfg.train.grad_cache_chunk, cfg.train.remat = 16, "full"
+  with pytest.raises(ValueError, match=r"config.train.remat='full'"):
+    config_lib.validate(cfg)
+
+
+def test_the_loop_trains_with_grad_cache_remat_and_bfloat16(tmp_path, tiny_models, isolated_cache):
+  from edistill.train import loop
+  from tests.test_train import _config
+  cfg = _config(tiny_models, steps=1, grad_cache_chunk=2, remat="layer")
+  cfg.student.dtype = "bfloat16"
+  setup = loop.build(cfg)
+  assert setup.student.query_encoder.remat and setup.student.query_encoder.dtype == jnp.bfloat16
+  metrics = loop.train(cfg, tmp_path)
+  assert np.isfinite(metrics["loss"]) and metrics["loss"] > 0
