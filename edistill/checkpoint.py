@@ -8,12 +8,18 @@ restores onto another.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
+
+
+def _path(directory) -> epath.Path:
+  """A checkpoint directory: local (made absolute, as Orbax requires) or gs://BUCKET/PATH."""
+  path = epath.Path(directory)
+  return path if "://" in str(directory) else path.absolute()
 
 
 class CheckpointNotFoundError(FileNotFoundError):
@@ -31,7 +37,7 @@ class Checkpointer:
   """Periodic, final and preemption saves of a train state under ``directory``."""
 
   def __init__(self, directory: str | os.PathLike, max_to_keep: int = 3, every_steps: int = 0):
-    self.directory = Path(directory).absolute()
+    self.directory = _path(directory)
     self.every_steps = every_steps
     self.manager = ocp.CheckpointManager(
         self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
@@ -67,7 +73,10 @@ class Checkpointer:
     if step is None or step not in self.manager.all_steps():
       raise CheckpointNotFoundError(f"{self.directory}: no checkpoint at step {step} "
                                     f"(available: {self.all_steps()}).")
-    return self.manager.restore(step, args=ocp.args.StandardRestore())["params"]
+    # A checkpoint written on another topology (e.g. a multi-host pod slice) restores onto one local
+    # device: without a fallback, Orbax refuses the saved multi-process shardings.
+    local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return self.manager.restore(step, args=ocp.args.StandardRestore(fallback_sharding=local))["params"]
 
   def close(self) -> None:
     self.manager.wait_until_finished()
@@ -76,7 +85,7 @@ class Checkpointer:
 
 def restore_params(directory: str | os.PathLike, state_target: Any, step: int | None = None) -> Any:
   """The params of another run's checkpoint (init-from-checkpoint; optimizer state is not taken)."""
-  path = Path(directory)
+  path = _path(directory)
   if not path.is_dir():
     raise CheckpointNotFoundError(f"{path}: init checkpoint directory does not exist.")
   ckpt = Checkpointer(path)

@@ -13,6 +13,7 @@ import ml_collections
 
 MODES = ("train", "eval", "similarity")
 STUDENT_KINDS = ("tied", "untied", "asymmetric")
+REMAT = ("none", "layer")
 SOURCES = ("stdlib", "wordnet_gcide", "debian", "beir", "msmarco", "dpr_nq")
 
 
@@ -72,7 +73,13 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.train = ml_collections.ConfigDict({
       "batch_size": 64, "steps": 2000, "learning_rate": 5e-5, "warmup_steps": 100, "weight_decay": 0.01,
       "grad_clip": 1.0, "schedule": "cosine", "frozen": (), "log_every": 20, "checkpoint_every": 500,
-      "keep_checkpoints": 2, "init_from": ""})
+      "keep_checkpoints": 2, "init_from": "",
+      "grad_cache_chunk": 0,  # > 0: GradCache with chunks of this many queries (memory-bounded big batches).
+      "remat": "none"})  # "layer": recompute each transformer layer in the backward pass (activation memory).
+  # Multi-host (jax.distributed). enabled + no coordinator_address = auto-detect (Cloud TPU, SLURM, ...).
+  cfg.distributed = ml_collections.ConfigDict({
+      "enabled": False, "coordinator_address": "", "num_processes": 0, "process_id": -1,
+      "cpu_collectives": "", "timeout_s": 300})
   cfg.querygen = ml_collections.ConfigDict({"ratio": 0.0, "ict_fraction": 0.5})
   cfg.mesh = ml_collections.ConfigDict({"data": -1, "model": 1})
   cfg.eval = ml_collections.ConfigDict({
@@ -110,6 +117,9 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
       raise ValueError(f"config.{key}.num_layers={enc.num_layers} must be >= 0 (0 = all layers).")
     if enc.get("dropout", -1.0) >= 1:
       raise ValueError(f"config.{key}.dropout={enc.dropout} must be < 1 (< 0 keeps the checkpoint's).")
+  from edistill import distributed  # Its checks name the config.distributed.* keys.
+  if "distributed" in cfg:
+    distributed.validate(cfg.distributed)
   if cfg.mode not in ("train", "eval"):
     return
   if cfg.teacher.mode not in ("precomputed", "online"):
@@ -142,5 +152,11 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   if cfg.data.unlabeled_queries and cfg.teacher.mode != "precomputed":
     raise ValueError("config.data.unlabeled_queries needs config.teacher.mode='precomputed' (the teacher "
                      "labels them with its top-1 document from its precomputed document table).")
+  if cfg.train.remat not in REMAT:
+    raise ValueError(f"config.train.remat={cfg.train.remat!r}; expected one of {REMAT}.")
+  if cfg.train.grad_cache_chunk < 0 or (cfg.train.grad_cache_chunk
+                                        and cfg.train.batch_size % cfg.train.grad_cache_chunk):
+    raise ValueError(f"config.train.grad_cache_chunk={cfg.train.grad_cache_chunk} must be 0 (off) or a positive "
+                     f"divisor of config.train.batch_size={cfg.train.batch_size}.")
   if not 0 <= cfg.querygen.ratio < 1:
     raise ValueError(f"config.querygen.ratio={cfg.querygen.ratio} must be in [0, 1).")

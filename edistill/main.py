@@ -12,9 +12,10 @@ from pathlib import Path
 import jax
 import numpy as np
 from absl import app, flags, logging
+from etils import epath
 from ml_collections import config_flags
 
-from edistill import config_lib
+from edistill import config_lib, distributed
 from edistill.eval import encode as encode_lib
 from edistill.models import zoo
 
@@ -54,7 +55,8 @@ def run_similarity(config, workdir: Path) -> str:
     tables.append(similarity_table(f"{role}: {enc.name} ({n_params / 1e6:.1f}M params)",
                                    q @ d.T, config.queries, config.documents))
   text = "\n\n".join(tables) + "\n"
-  (workdir / "similarity.md").write_text(text)
+  if distributed.is_writer():
+    (workdir / "similarity.md").write_text(text)
   return text
 
 
@@ -72,16 +74,17 @@ def main(argv):
   logging.get_absl_handler().addFilter(_QuietLibraries())
   config = _CONFIG.value
   config_lib.validate(config)
-  workdir = Path(_WORKDIR.value)
+  distributed.initialize(config.get("distributed"))  # Before anything touches a JAX backend.
+  workdir = epath.Path(_WORKDIR.value)  # A local path or gs://BUCKET/PATH (multi-host: shared by all).
   workdir.mkdir(parents=True, exist_ok=True)
-  if jax.process_index() == 0:
+  if distributed.is_writer():
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
   if config.mode == "similarity":
     print(run_similarity(config, workdir))
   elif config.mode == "train":
     from edistill.train import loop
     metrics = loop.train(config, workdir)
-    if jax.process_index() == 0:
+    if distributed.is_writer():
       print(json.dumps(metrics, indent=2))
       if config.eval.at_end:
         from edistill.eval import evaluator, suite

@@ -60,14 +60,15 @@ def _teacher_params(teacher, tparams, batch, mode):
 ALL_TERMS = LossConfig(label=1.0, score=0.7, margin_mse=0.3, query_emb=0.5, doc_emb=0.4)
 
 
-def _run(student, params, teacher, teacher_params, batch, cfg, devices, steps=2):
+def _run(student, params, teacher, teacher_params, batch, cfg, devices, steps=2, **step_kw):
   mesh = mesh_lib.make_mesh({"data": -1, "model": 1}, devices)
   # lr 1e-4: an Adam step is ~lr * sign(g), so an ulp-level difference in a near-zero gradient moves a
   # parameter by at most ~lr; the 1e-5 tolerance then holds for every element.
   tx = state_lib.make_optimizer(1e-4, 10, warmup_steps=0, weight_decay=0.01, grad_clip=1.0)
   state_sh = mesh_lib.tree_shardings(jax.eval_shape(lambda p: state_lib.create(p, tx, 0), params), mesh)
   state = jax.jit(lambda p: state_lib.create(p, tx, 0), out_shardings=state_sh)(params)
-  fn = jit_train_step(student, teacher, cfg, tx, state_sh, mesh_lib.replicated(mesh), mesh_lib.batch_sharding(mesh))
+  fn = jit_train_step(student, teacher, cfg, tx, state_sh, mesh_lib.replicated(mesh), mesh_lib.batch_sharding(mesh),
+                      **step_kw)
   tp = jax.device_put(teacher_params, mesh_lib.replicated(mesh))
   gb = jax.device_put(batch, mesh_lib.batch_sharding(mesh))
   losses = []

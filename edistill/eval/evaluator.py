@@ -15,6 +15,7 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 from absl import logging
+from etils import epath
 
 from edistill.eval import encode as encode_lib
 from edistill.eval import index as index_lib
@@ -135,11 +136,11 @@ def results_table(rows: dict[str, dict[str, float]], teacher: str | None = "teac
 
 def write_results(workdir: str | os.PathLike, split: str, rows: dict[str, dict[str, float]], header: str = "") -> Path:
   """``results_<split>.json`` and ``results_<split>.md`` in the workdir (atomic writes)."""
-  workdir = Path(workdir)
+  workdir = epath.Path(workdir)  # Local or gs://.
   for name, text in ((f"results_{split}.json", json.dumps(rows, indent=2)),
                      (f"results_{split}.md", header + results_table(rows))):
     tmp = workdir / f".{name}.tmp"
     tmp.write_text(text)
-    os.replace(tmp, workdir / name)
+    tmp.replace(workdir / name)
   logging.info("Results written to %s", workdir / f"results_{split}.md")
   return workdir / f"results_{split}.md"

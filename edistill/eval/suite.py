@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import jax
 import numpy as np
 from absl import logging
+from etils import epath
 
 from edistill import checkpoint
 from edistill.data import tfds_builders
@@ -62,7 +64,7 @@ def load_split(cfg, split: str):
 def run(cfg, workdir: str | Path, split: str | None = None, student_params: dict | None = None,
         models=None, scann: bool | None = None) -> dict[str, dict[str, float]]:
   """Evaluates ``models`` (default ``cfg.eval.models``) on ``split``; writes results_<split>.{json,md}."""
-  workdir = Path(workdir)
+  workdir = epath.Path(workdir)  # Local or gs://.
   split = split or cfg.eval.split
   models = tuple(models or cfg.eval.models)
   unknown = set(models) - set(MODELS)
@@ -96,7 +98,7 @@ def run(cfg, workdir: str | Path, split: str | None = None, student_params: dict
                                  "query_ms": evaluator.query_latency_ms(zs, data.query_texts, lq)}
   if "student" in models:
     if student_params is None:
-      ckpt_dir = Path(cfg.eval.checkpoint) if cfg.eval.checkpoint else workdir / "checkpoints"
+      ckpt_dir = epath.Path(cfg.eval.checkpoint) if cfg.eval.checkpoint else workdir / "checkpoints"
       ckpt = checkpoint.Checkpointer(ckpt_dir)
       try:
         student_params = ckpt.restore_params()
@@ -110,6 +112,7 @@ def run(cfg, workdir: str | Path, split: str | None = None, student_params: dict
     rows["bm25"] = evaluator.bm25(data, cfg.eval.k)
   header = (f"# {cfg.data.source} {split}: {len(data.query_ids)} queries, {len(data.doc_ids)} documents\n\n"
             f"Exact search{' (ScaNN rows: scann/*)' if scann else ''}; query latency = batch 1, CPU.\n\n")
-  evaluator.write_results(workdir, split, rows, header)
+  if jax.process_index() == 0:  # Only process 0 writes results (every process computes them).
+    evaluator.write_results(workdir, split, rows, header)
   logging.info("\n%s", evaluator.results_table(rows))
   return rows

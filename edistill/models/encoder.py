@@ -245,6 +245,8 @@ class Encoder(nn.Module):
     normalize: L2-normalise the output embedding.
     projection_dim: if set, a linear head ``H -> projection_dim`` after pooling.
     dtype: compute dtype (float32 or bfloat16); parameters stay float32.
+    remat: recompute each layer's activations in the backward pass instead of storing them
+      (``nn.remat`` per layer: activation memory of one layer, ~1/3 more compute; same values).
   """
 
   config: TransformerConfig
@@ -252,13 +254,16 @@ class Encoder(nn.Module):
   normalize: bool = False
   projection_dim: int | None = None
   dtype: Any = jnp.float32
+  remat: bool = False
 
   def setup(self):
     if self.pooling not in POOLINGS:
       raise ValueError(f"Unknown pooling {self.pooling!r}; expected one of {POOLINGS}.")
     cfg = self.config
     self.embeddings = Embeddings(cfg, self.dtype)
-    self.layers = [TransformerLayer(cfg, self.dtype, name=f"layer_{i}") for i in range(cfg.num_layers)]
+    # static_argnums counts self: (self, x, key_bias, position_bias, deterministic).
+    layer = nn.remat(TransformerLayer, static_argnums=(4,)) if self.remat else TransformerLayer
+    self.layers = [layer(cfg, self.dtype, name=f"layer_{i}") for i in range(cfg.num_layers)]
     if cfg.arch == "mpnet":
       self.rel_bias = nn.Embed(cfg.relative_attention_num_buckets, cfg.num_heads, name="rel_bias")
     if self.projection_dim:

@@ -17,9 +17,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from etils import epath
 from tqdm.auto import tqdm
 
-from edistill import checkpoint, mesh as mesh_lib, teachers
+from edistill import checkpoint, distributed, mesh as mesh_lib, teachers
 from edistill.data import pipeline, querygen, tfds_builders
 from edistill.eval import encode as encode_lib
 from edistill.models import zoo
@@ -33,27 +34,39 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class MetricsWriter:
-  """TensorBoard event files + ``metrics.jsonl`` in the workdir (process 0 only)."""
+  """TensorBoard event files + ``metrics.jsonl`` in the workdir (process 0 only).
+
+  An object-store workdir (gs://) cannot append: there the jsonl file is rewritten at each write."""
 
   def __init__(self, workdir: Path, enabled: bool = True):
     self.enabled = enabled
     if enabled:
       from tensorboardX import SummaryWriter
       self.tb = SummaryWriter(str(workdir / "tensorboard"))
-      self.jsonl = open(workdir / "metrics.jsonl", "a", encoding="utf-8")
+      self.path, self.remote = epath.Path(workdir) / "metrics.jsonl", "://" in str(workdir)
+      if self.remote:
+        self.lines = self.path.read_text().splitlines(keepends=True) if self.path.exists() else []
+      else:
+        self.jsonl = open(self.path, "a", encoding="utf-8")
 
   def write(self, step: int, metrics: dict[str, float]) -> None:
     if not self.enabled:
       return
     for k, v in metrics.items():
       self.tb.add_scalar(k, v, step)
-    self.jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
-    self.jsonl.flush()
+    line = json.dumps({"step": step, **metrics}) + "\n"
+    if self.remote:
+      self.lines.append(line)
+      self.path.write_text("".join(self.lines))
+    else:
+      self.jsonl.write(line)
+      self.jsonl.flush()
 
   def close(self) -> None:
     if self.enabled:
       self.tb.close()
-      self.jsonl.close()
+      if not self.remote:
+        self.jsonl.close()
 
 
 def loss_config(cfg) -> LossConfig:
@@ -146,8 +159,8 @@ def build(cfg, process_index: int = 0, process_count: int = 1) -> Setup:
   data = training_data(cfg)
   student_pre = zoo.load_from_config(cfg.student)
   kind = cfg.student.kind
-  doc_encoder = student_pre.module if kind == "untied" else None
-  student = DualEncoder(student_pre.module, doc_encoder, kind)
+  module = student_pre.module.clone(remat=cfg.train.remat == "layer")
+  student = DualEncoder(module, module if kind == "untied" else None, kind)
   params = {"query_tower": student_pre.params}
   if kind == "untied":
     params["doc_tower"] = jax.tree.map(np.copy, student_pre.params)
@@ -195,16 +208,18 @@ def build(cfg, process_index: int = 0, process_count: int = 1) -> Setup:
 
 def train(cfg, workdir: str | Path) -> dict[str, float]:
   """Runs (or resumes) training to ``cfg.train.steps``; returns the last logged metrics."""
-  workdir = Path(workdir)
+  workdir = epath.Path(workdir)
   pid, nproc = jax.process_index(), jax.process_count()
-  setup = build(cfg, pid, nproc)
+  setup = distributed.process0_first(lambda: build(cfg, pid, nproc), "build")  # Process 0 fills the caches.
   mesh = mesh_lib.make_mesh(dict(cfg.mesh))
   batch_sharding = mesh_lib.batch_sharding(mesh)
+  distributed.check_batch_layout(batch_sharding, cfg.train.batch_size, pid, nproc)
   abstract = jax.eval_shape(lambda p: state_lib.create(p, setup.tx, cfg.seed), setup.init_params)
   state_sh = mesh_lib.tree_shardings(abstract, mesh)
   teacher_sh = mesh_lib.replicated(mesh)
   teacher_params = jax.device_put(setup.teacher_params, teacher_sh) if setup.teacher_params is not None else None
-  step_fn = jit_train_step(setup.student, setup.teacher, setup.loss, setup.tx, state_sh, teacher_sh, batch_sharding)
+  step_fn = jit_train_step(setup.student, setup.teacher, setup.loss, setup.tx, state_sh, teacher_sh, batch_sharding,
+                           grad_cache_chunk=cfg.train.grad_cache_chunk)
 
   ckpt = checkpoint.Checkpointer(workdir / "checkpoints", cfg.train.keep_checkpoints, cfg.train.checkpoint_every)
   target = checkpoint.abstract_like(abstract, state_sh)

@@ -15,6 +15,7 @@ import optax
 from edistill import losses
 from edistill.models.dual_encoder import DualEncoder, project
 from edistill.teachers import Teacher
+from edistill.train import grad_cache
 from edistill.train.state import TrainState
 
 TERMS = ("label", "score", "margin_mse", "query_emb", "doc_emb")
@@ -47,9 +48,22 @@ def compute_loss(params, teacher_params, batch, rng, *, student: DualEncoder, te
   """Weighted EmbedDistill loss of one global batch (see module doc); returns (loss, metrics)."""
   q_rng, d_rng = jax.random.split(rng)
   b, c, ld = batch["doc_input_ids"].shape
+  q_s = student.encode_queries(params, batch["query_input_ids"], batch["query_attention_mask"], deterministic, q_rng)
+  d_s = None
+  if student.kind != "asymmetric":
+    d_s = student.encode_docs(params, batch["doc_input_ids"].reshape(b * c, ld),
+                              batch["doc_attention_mask"].reshape(b * c, ld), deterministic, d_rng)
+  return loss_from_embeddings(params, q_s, d_s, teacher_params, batch, student=student, teacher=teacher, cfg=cfg)
+
+
+def loss_from_embeddings(params, q_s, d_s, teacher_params, batch, *, student: DualEncoder, teacher: Teacher | None,
+                         cfg: LossConfig) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """The loss given the student's embeddings: ``q_s`` [B, Ds] of the queries, ``d_s`` [B*C, Ds] of the
+  documents (None for an asymmetric student, whose documents are the teacher's). Uses only the
+  projection heads of ``params`` (GradCache differentiates it with respect to the embeddings)."""
+  b, c, _ = batch["doc_input_ids"].shape
   positive_col = jnp.arange(b, dtype=jnp.int32) * c
   mask = batch["negative_mask"]
-  q_s = student.encode_queries(params, batch["query_input_ids"], batch["query_attention_mask"], deterministic, q_rng)
   t_q = t_d = None
   if teacher is not None and (cfg.needs_teacher() or student.kind == "asymmetric"):
     t_q = teacher.query_embeddings(teacher_params, batch)
@@ -59,8 +73,6 @@ def compute_loss(params, teacher_params, batch, rng, *, student: DualEncoder, te
       raise ValueError("an asymmetric student needs a teacher for its document embeddings.")
     q_scored, d_s = project(params.get("query_projection"), q_s), t_d
   else:
-    d_s = student.encode_docs(params, batch["doc_input_ids"].reshape(b * c, ld),
-                              batch["doc_attention_mask"].reshape(b * c, ld), deterministic, d_rng)
     q_scored = q_s
   s_scores = losses.score_matrix(q_scored, d_s)
   terms = {}
@@ -83,13 +95,24 @@ def compute_loss(params, teacher_params, batch, rng, *, student: DualEncoder, te
 
 
 def train_step(state: TrainState, teacher_params, batch, *, student: DualEncoder, teacher: Teacher | None,
-               cfg: LossConfig, tx: optax.GradientTransformation) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One optimizer step; metrics include the loss terms, grad norm and the learning-rate step."""
+               cfg: LossConfig, tx: optax.GradientTransformation,
+               grad_cache_chunk: int = 0) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimizer step; metrics include the loss terms, grad norm and the learning-rate step.
+
+  ``grad_cache_chunk > 0`` computes the same loss and gradients with GradCache (``grad_cache.py``):
+  the towers see ``grad_cache_chunk`` queries at a time, the loss still sees the whole global batch.
+  """
   rng, step_rng = jax.random.split(jax.random.wrap_key_data(state.rng))
   step_rng = jax.random.fold_in(step_rng, state.step)
-  grad_fn = jax.value_and_grad(compute_loss, has_aux=True)
-  (loss, metrics), grads = grad_fn(state.params, teacher_params, batch, step_rng, student=student,
-                                   teacher=teacher, cfg=cfg)
+  if grad_cache_chunk:
+    head = lambda p, q_s, d_s: loss_from_embeddings(p, q_s, d_s, teacher_params, batch, student=student,
+                                                    teacher=teacher, cfg=cfg)
+    (loss, metrics), grads = grad_cache.value_and_grad(state.params, batch, step_rng, student=student, head=head,
+                                                       chunk=grad_cache_chunk)
+  else:
+    grad_fn = jax.value_and_grad(compute_loss, has_aux=True)
+    (loss, metrics), grads = grad_fn(state.params, teacher_params, batch, step_rng, student=student,
+                                     teacher=teacher, cfg=cfg)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = {**metrics, "grad_norm": optax.global_norm(grads)}
@@ -98,9 +121,10 @@ def train_step(state: TrainState, teacher_params, batch, *, student: DualEncoder
 
 
 def jit_train_step(student: DualEncoder, teacher: Teacher | None, cfg: LossConfig, tx: optax.GradientTransformation,
-                   state_shardings, teacher_shardings, batch_sharding):
+                   state_shardings, teacher_shardings, batch_sharding, grad_cache_chunk: int = 0):
   """``train_step`` jitted with explicit shardings; the state is donated (updated in place)."""
   fn = lambda state, teacher_params, batch: train_step(state, teacher_params, batch, student=student,
-                                                       teacher=teacher, cfg=cfg, tx=tx)
+                                                       teacher=teacher, cfg=cfg, tx=tx,
+                                                       grad_cache_chunk=grad_cache_chunk)
   return jax.jit(fn, in_shardings=(state_shardings, teacher_shardings, batch_sharding),
                  out_shardings=(state_shardings, None), donate_argnums=(0,))

@@ -1,0 +1,143 @@
+"""Multi-host training for real: two CPU processes (jax.distributed over gloo on localhost) train like
+one process with the same global batch; config and layout mistakes fail loudly."""
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from edistill import checkpoint, config_lib, distributed, mesh as mesh_lib
+from edistill.models import hf_import
+from edistill.train import loop
+from tests.test_train import _config, _without_key_bias
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = 3
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _main_command(tiny_models, workdir: Path, *flags: str) -> list[str]:
+  """``python -m edistill.main`` with the same config as ``_config(tiny_models, steps=STEPS)``."""
+  return [sys.executable, "-m", "edistill.main", "--config", "configs/ablation.py:row=qemb,runlocal",
+          f"--workdir={workdir}", f"--config.teacher.name={tiny_models['mpnet']}",
+          f"--config.student.name={tiny_models['bert']}", "--config.teacher.num_layers=0",
+          "--config.student.num_layers=0", "--config.data.corpus_size=300", f"--config.train.steps={STEPS}", *flags]
+
+
+def _run_processes(commands: list[list[str]], env: dict, timeout: float = 240) -> list[subprocess.CompletedProcess]:
+  """Runs the commands concurrently; on a failure or timeout, fails with every process's output."""
+  procs = [subprocess.Popen(c, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for c in commands]
+  deadline, outs = time.monotonic() + timeout, []
+  for p in procs:
+    try:
+      outs.append(p.communicate(timeout=max(deadline - time.monotonic(), 1)))
+    except subprocess.TimeoutExpired:
+      for q in procs:
+        q.kill()
+      outs.append(p.communicate())
+  results = [subprocess.CompletedProcess(c, p.returncode, o, e) for c, p, (o, e) in zip(commands, procs, outs)]
+  if any(r.returncode for r in results):
+    report = "\n".join(f"--- process {i}: exit {r.returncode}\nstdout:\n{r.stdout[-3000:]}\nstderr:\n{r.stderr[-6000:]}"
+                       for i, r in enumerate(results))
+    pytest.fail(f"multi-process run failed (timeout {timeout}s):\n{report}")
+  return results
+
+
+def _metrics(workdir: Path) -> list[dict]:
+  return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _params(workdir: Path):
+  c = checkpoint.Checkpointer(workdir / "checkpoints")
+  try:
+    assert c.all_steps() == [STEPS]
+    return jax.device_get(c.restore_params())
+  finally:
+    c.close()
+
+
+def test_two_processes_train_like_one_process(tmp_path, tiny_models, isolated_cache):
+  # Reference: this process (8 devices), same config, same global batch of 8. It also fills the
+  # dataset and teacher-table caches the two processes then read.
+  loop.train(_config(tiny_models, steps=STEPS), tmp_path / "one")
+  env = {**os.environ, "EDISTILL_CACHE": str(isolated_cache), "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT),
+         "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}  # 2 processes x 2 devices.
+  port = _free_port()
+  workdir = tmp_path / "two"
+  results = _run_processes([_main_command(
+      tiny_models, workdir, "--config.distributed.enabled=True", f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+      "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}",
+      "--config.distributed.cpu_collectives=gloo", "--config.distributed.timeout_s=120") for i in (0, 1)], env)
+  for i, r in enumerate(results):
+    assert f"process {i} of 2, 2 local of 4 devices" in r.stderr
+  # Only process 0 wrote logs and printed results; both took part in the (complete) checkpoint.
+  assert '"loss"' in results[0].stdout and '"loss"' not in results[1].stdout
+  assert len(list((workdir / "tensorboard").glob("events.out.tfevents.*"))) == 1
+  one, two = _metrics(tmp_path / "one"), _metrics(workdir)
+  assert [m["step"] for m in two] == [1, 2, 3]  # One writer: 3 lines, not 6.
+  for a, b in zip(one, two):
+    for k in a:
+      if k != "examples_per_s":
+        np.testing.assert_allclose(b[k], a[k], rtol=1e-5, atol=1e-6, err_msg=f"step {a['step']} {k}")
+  p1, p2 = _params(tmp_path / "one"), _params(workdir)
+  diffs = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.abs(a - b).max()), _without_key_bias(p1),
+                                       _without_key_bias(p2)))
+  print(f"max |param diff| 2 processes vs 1: {max(diffs):.1e} over {len(diffs)} tensors")
+  assert max(diffs) <= 1e-5
+  start = hf_import.load_params(tiny_models["bert"])[1]  # The student's initial query tower.
+  moved = jax.tree.map(lambda a, b: float(np.abs(a - b).max()), p2["query_tower"], start)
+  assert max(jax.tree.leaves(moved)) > 1e-4  # It trained.
+
+
+def _dist(**kw) -> ml_collections.ConfigDict:
+  dc = config_lib.base_config().distributed
+  dc.update(kw)
+  return dc
+
+
+@pytest.mark.parametrize("kw,message", [
+    (dict(coordinator_address="10.0.0.1:1234"), r"config.distributed.coordinator_address is set but .*enabled is False"),
+    (dict(enabled=True, coordinator_address="10.0.0.1:1234", num_processes=2),
+     r"missing config.distributed.process_id"),
+    (dict(enabled=True, coordinator_address="10.0.0.1", num_processes=2, process_id=0), r"expected HOST:PORT"),
+    (dict(enabled=True, coordinator_address="h:1", num_processes=2, process_id=2), r"config.distributed.process_id=2 not in"),
+    (dict(enabled=True, cpu_collectives="nccl"), r"config.distributed.cpu_collectives='nccl'"),
+])
+def test_inconsistent_distributed_config_names_the_key(kw, message):
+  cfg = config_lib.base_config()
+  cfg.distributed.update(kw)
+  with pytest.raises(ValueError, match=message):
+    config_lib.validate(cfg)
+
+
+def test_unreachable_coordinator_raises_a_clear_error_within_the_timeout():
+  start = time.monotonic()
+  with pytest.raises(distributed.DistributedSetupError, match=r"no coordinator answers at 127.0.0.1:\d+ after 1s"):
+    distributed.initialize(_dist(enabled=True, coordinator_address=f"127.0.0.1:{_free_port()}", num_processes=2,
+                                 process_id=1, timeout_s=1))
+  assert time.monotonic() - start < 10
+
+
+def test_batch_layout_check_catches_a_mesh_whose_hosts_are_out_of_order():
+  mesh = mesh_lib.make_mesh({"data": -1, "model": 1})
+  sharding = mesh_lib.batch_sharding(mesh)
+  distributed.check_batch_layout(sharding, 16)  # One process: it holds every row.
+  # Pretend to be process 1 of 2: its pipeline would load rows [8, 16), but this process's devices
+  # hold all 16 rows; and reversed device order puts rows in the wrong place.
+  with pytest.raises(ValueError, match=r"process 1 of 2: .* pipeline loads rows \[8, 16\)"):
+    distributed.check_batch_layout(sharding, 16, process_index=1, process_count=2)
+  with pytest.raises(ValueError, match="not divisible by 2 processes"):
+    distributed.check_batch_layout(sharding, 15, process_index=0, process_count=2)
