@@ -64,7 +64,7 @@ def test_stdlib_builds_are_byte_identical(stdlib_collection, tmp_path):
   a = sources.write_collection(stdlib_collection, tmp_path / "a", "stdlib", seed=1, corpus_size=2000)
   b = sources.write_collection(sources.build_stdlib(), tmp_path / "b", "stdlib", seed=1, corpus_size=2000)
   files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
-  assert len(files) == 6
+  assert len(files) == 7  # corpus, queries, unlabeled queries, 3 qrels, manifest
   for f in files:
     assert (a / f).read_bytes() == (b / f).read_bytes(), f
   c = sources.write_collection(stdlib_collection, tmp_path / "c", "stdlib", seed=2, corpus_size=2000)
