@@ -85,11 +85,16 @@ def compute_loss(params, teacher_params, batch, rng, *, student: DualEncoder, te
 def train_step(state: TrainState, teacher_params, batch, *, student: DualEncoder, teacher: Teacher | None,
                cfg: LossConfig, tx: optax.GradientTransformation) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer step; metrics include the loss terms, grad norm and the learning-rate step."""
+  loss_fn = lambda params, rng: compute_loss(params, teacher_params, batch, rng, student=student, teacher=teacher,
+                                             cfg=cfg)
+  return gradient_step(state, loss_fn, tx)
+
+
+def gradient_step(state: TrainState, loss_fn, tx: optax.GradientTransformation) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimizer step on ``loss_fn(params, rng) -> (loss, metrics)`` (any model: also the CE trainers)."""
   rng, step_rng = jax.random.split(jax.random.wrap_key_data(state.rng))
   step_rng = jax.random.fold_in(step_rng, state.step)
-  grad_fn = jax.value_and_grad(compute_loss, has_aux=True)
-  (loss, metrics), grads = grad_fn(state.params, teacher_params, batch, step_rng, student=student,
-                                   teacher=teacher, cfg=cfg)
+  (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, step_rng)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = {**metrics, "grad_norm": optax.global_norm(grads)}
