@@ -6,7 +6,7 @@
 
 The student (a tied dual encoder: all-MiniLM-L6-v2's first ``student_layers`` layers) learns from
   label      the in-batch one-hot loss over the B x B*C score matrix,
-  score      score distillation of its scores over each query's candidates (positive + 7 BM25 hard
+  score      score distillation of its scores over each query's candidates (positive + 3 BM25 hard
              negatives, the CE's training distribution) to the CE's scores of the same pairs
              (precomputed once and cached; teacher temperature = the CE's training temperature),
   query_emb, doc_emb  (dual head only) L2 embedding matching of the student's query/document
@@ -25,13 +25,13 @@ def get_config(arg=None):
   cfg = config_lib.base_config()
   cfg.data.corpus_size = args.corpus
   cfg.data.max_doc_length = 64
-  cfg.data.num_hard_negatives = 7
+  cfg.data.num_hard_negatives = 3
   cfg.teacher.update(name="minilm-l6", num_layers=args.layers, kind="cross")
   cfg.cross_encoder.update(head=args.head, checkpoint=args.ce or f"runs/ce_{args.head}/checkpoints")
   cfg.student.update(name="minilm-l6", num_layers=args.student_layers, kind="tied")
   dual = args.head == "dual"
   cfg.loss.update(label=1.0, score=1.0, query_emb=1.0 if dual else 0.0, doc_emb=1.0 if dual else 0.0,
-                  student_temperature=0.05, teacher_temperature=0.05 if dual else 1.0)
+                  student_temperature=0.05, teacher_temperature=0.05)
   cfg.train.update(batch_size=32, steps=args.steps, learning_rate=1e-4, warmup_steps=20, log_every=10,
                    checkpoint_every=100)
   cfg.eval.update(models=("student_zero_shot", "student", "bm25"), scann=False)

@@ -187,16 +187,17 @@ class CrossEncoder(nn.Module):
     return self.score(states[:, 0].astype(jnp.float32))[:, 0]
 
 
-def init_params(model: CrossEncoder, encoder_params) -> dict:
+def init_params(model: CrossEncoder, encoder_params, seed: int = 0) -> dict:
   """CE params from a pretrained encoder's params: the head (if any) initialised fresh.
 
-  The cls head starts with a zero kernel and bias, so every candidate scores 0 at step 0 (a
-  uniform listwise softmax, no random ranking signal to unlearn).
+  The cls head's kernel is N(0, 0.02^2) as in BERT's classifier heads (a zero kernel would also
+  zero every gradient into the encoder until the head has grown), its bias 0.
   """
   params = {"encoder": encoder_params}
   if model.head == "cls":
     h = model.config.hidden_size
-    params["score"] = {"kernel": np.zeros((h, 1), np.float32), "bias": np.zeros((1,), np.float32)}
+    kernel = np.random.default_rng(seed).normal(0.0, 0.02, (h, 1)).astype(np.float32)
+    params["score"] = {"kernel": kernel, "bias": np.zeros((1,), np.float32)}
   return params
 
 
