@@ -12,7 +12,7 @@ from pathlib import Path
 import ml_collections
 
 MODES = ("train", "eval", "similarity")
-STUDENT_KINDS = ("tied", "untied", "asymmetric")
+STUDENT_KINDS = ("tied", "untied", "asymmetric", "cross")  # "cross": train a cross-encoder (configs/cross_encoder.py)
 REMAT = ("none", "layer")
 SOURCES = ("stdlib", "wordnet_gcide", "debian", "beir", "msmarco", "dpr_nq")
 
@@ -63,6 +63,7 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.teacher = encoder_config("mpnet-base")
   cfg.teacher.batch_size = 64  # For precomputing its embedding tables.
   cfg.teacher.mode = "precomputed"  # or "online" (needs the student's tokenizer; costs a teacher forward a step)
+  cfg.teacher.kind = "dual"  # or "cross": a trained cross-encoder (cross_encoder.checkpoint), configs/ce_distill.py
   cfg.student = encoder_config("minilm-l6")
   cfg.student.kind = "asymmetric"
   cfg.student.projection_init = "lstsq"  # or "random": how the student -> teacher projection starts.
@@ -81,12 +82,28 @@ def base_config() -> ml_collections.ConfigDict:
       "enabled": False, "coordinator_address": "", "num_processes": 0, "process_id": -1,
       "cpu_collectives": "", "timeout_s": 300})
   cfg.querygen = ml_collections.ConfigDict({"ratio": 0.0, "ict_fraction": 0.5})
+  cfg.cross_encoder = cross_encoder_config()
   cfg.mesh = ml_collections.ConfigDict({"data": -1, "model": 1})
   cfg.eval = ml_collections.ConfigDict({
       "split": "test", "models": ("teacher", "student_zero_shot", "student", "bm25"), "k": 100, "scann": True,
       "checkpoint": "", "every_steps": 0, "during_training_split": "dev",
       "at_end": True})  # After training: evaluate every model in eval.models on eval.split.
   return cfg
+
+
+def cross_encoder_config() -> ml_collections.ConfigDict:
+  """Cross-encoder settings: trained as ``student.kind="cross"``, distilled from as ``teacher.kind="cross"``."""
+  return ml_collections.ConfigDict({
+      "head": "cls",  # "cls" ([CLS] -> linear) or "dual" (dual pooling: <mean q tokens, mean d tokens>)
+      "normalize": True,  # dual head: L2-normalise the pooled vectors (score = cosine; use a temperature)
+      "negatives": "hard",  # CE training candidates: "hard" (data.num_hard_negatives) or "in_batch"
+      "mine": "bm25",  # hard negatives from BM25's top mine_depth ("none": the dataset's own, else random)
+      "mine_depth": 30,
+      "temperature": 1.0,  # listwise softmax over each query's candidates when training the CE
+      "checkpoint": "",  # teacher.kind="cross": the trained CE's checkpoint directory
+      "batch_size": 64,  # pairs per forward when precomputing teacher outputs and re-ranking
+      "first_stage": "bm25",  # re-ranking evaluation: "bm25" or "teacher" (the dual-encoder cfg.teacher)
+      "rerank_k": 20})
 
 
 def runlocal(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -158,5 +175,47 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
                                         and cfg.train.batch_size % cfg.train.grad_cache_chunk):
     raise ValueError(f"config.train.grad_cache_chunk={cfg.train.grad_cache_chunk} must be 0 (off) or a positive "
                      f"divisor of config.train.batch_size={cfg.train.batch_size}.")
+  _validate_cross_encoder(cfg)
+  if cfg.train.grad_cache_chunk and "cross" in (cfg.student.kind, cfg.teacher.kind):
+    raise ValueError("config.train.grad_cache_chunk is for dual-encoder students; cross-encoder training and "
+                     "CE distillation use the plain step (set it to 0).")
   if not 0 <= cfg.querygen.ratio < 1:
     raise ValueError(f"config.querygen.ratio={cfg.querygen.ratio} must be in [0, 1).")
+
+
+def _validate_cross_encoder(cfg: ml_collections.ConfigDict) -> None:
+  from edistill.models.cross_encoder import HEADS  # Lazy: keeps config parsing free of jax.
+  ce = cfg.cross_encoder
+  if cfg.teacher.kind not in ("dual", "cross"):
+    raise ValueError(f"config.teacher.kind={cfg.teacher.kind!r}; expected 'dual' or 'cross'.")
+  if ce.head not in HEADS:
+    raise ValueError(f"config.cross_encoder.head={ce.head!r}; expected one of {HEADS}.")
+  if ce.negatives not in ("hard", "in_batch"):
+    raise ValueError(f"config.cross_encoder.negatives={ce.negatives!r}; expected 'hard' or 'in_batch'.")
+  if ce.mine not in ("bm25", "none"):
+    raise ValueError(f"config.cross_encoder.mine={ce.mine!r}; expected 'bm25' or 'none'.")
+  if ce.first_stage not in ("bm25", "teacher"):
+    raise ValueError(f"config.cross_encoder.first_stage={ce.first_stage!r}; expected 'bm25' or 'teacher'.")
+  if ce.temperature <= 0 or ce.rerank_k < 1 or ce.batch_size < 1:
+    raise ValueError("config.cross_encoder.temperature, rerank_k and batch_size must be > 0.")
+  if cfg.student.kind == "cross":
+    if ce.negatives == "hard" and cfg.data.num_hard_negatives < 1:
+      raise ValueError("config.cross_encoder.negatives='hard' needs config.data.num_hard_negatives >= 1.")
+    if ce.negatives == "in_batch" and cfg.data.num_hard_negatives:
+      raise ValueError("config.cross_encoder.negatives='in_batch' pairs each query with the batch's positives; "
+                       "set config.data.num_hard_negatives=0.")
+  if cfg.teacher.kind == "cross":
+    if cfg.student.kind in ("asymmetric", "cross"):
+      raise ValueError(f"config.student.kind={cfg.student.kind!r} cannot learn from a cross-encoder teacher (it has "
+                       "no document tower to share); use 'tied' or 'untied'.")
+    if not ce.checkpoint:
+      raise ValueError("config.teacher.kind='cross' needs config.cross_encoder.checkpoint (a trained CE's checkpoints).")
+    if cfg.data.num_hard_negatives < 1 and (cfg.loss.score or cfg.loss.margin_mse):
+      raise ValueError("score distillation from a cross-encoder runs over each query's candidates: set "
+                       "config.data.num_hard_negatives >= 1.")
+    if ce.head != "dual" and (cfg.loss.query_emb or cfg.loss.doc_emb):
+      raise ValueError("config.loss.query_emb/doc_emb need the dual-pooling head's vectors: "
+                       "config.cross_encoder.head='dual' (the cls head has no query/document embeddings).")
+    if "teacher" in cfg.eval.models:
+      raise ValueError("config.eval.models: a cross-encoder teacher is not a retriever; drop 'teacher' (its "
+                       "re-ranking quality: --config.student.kind=cross evaluation, edistill/eval/rerank.py).")

@@ -39,6 +39,13 @@ def score_matrix(q_emb: jax.Array, d_emb: jax.Array) -> jax.Array:
   return jnp.einsum("bd,nd->bn", q_emb, d_emb, preferred_element_type=jnp.float32)
 
 
+def candidate_scores(q_emb: jax.Array, d_emb: jax.Array) -> jax.Array:
+  """Each query against its own candidates, ``s[i, c] = <q_i, d_ic>``: ``[B, D] x [B, C, D] -> [B, C]``
+  float32 (the columns ``i*C .. i*C+C-1`` of row ``i`` of ``score_matrix``, e.g. for a cross-encoder
+  teacher that scored only those pairs)."""
+  return jnp.einsum("bd,bcd->bc", q_emb, d_emb, preferred_element_type=jnp.float32)
+
+
 def _valid(scores: jax.Array, negative_mask: jax.Array | None) -> jax.Array:
   """bool ``[B, B']``: columns that take part in row ``i``'s softmax."""
   if negative_mask is None:

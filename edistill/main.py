@@ -87,12 +87,19 @@ def main(argv):
     if distributed.is_writer():
       print(json.dumps(metrics, indent=2))
       if config.eval.at_end:
-        from edistill.eval import evaluator, suite
-        print(evaluator.results_table(suite.run(config, workdir)))
+        print(evaluate(config, workdir))
   elif config.mode == "eval":
-    from edistill.eval import evaluator, suite
-    rows = suite.run(config, workdir)
-    print(evaluator.results_table(rows))
+    print(evaluate(config, workdir))
+
+
+def evaluate(config, workdir: Path) -> str:
+  """The results table of ``config``'s models: retrieval (eval/suite.py), or re-ranking for a CE."""
+  from edistill.eval import evaluator
+  if config.student.kind == "cross":
+    from edistill.eval import rerank
+    return evaluator.results_table(rerank.run(config, workdir), teacher=None)
+  from edistill.eval import suite
+  return evaluator.results_table(suite.run(config, workdir))
 
 
 if __name__ == "__main__":

@@ -102,16 +102,22 @@ def query_latency_ms(model: DenseModel, texts: Sequence[str], max_length: int, r
   return 1000 * float(np.median(times))
 
 
-def bm25(data, k: int = 100, metrics: Sequence[str] = METRICS) -> dict[str, float]:
-  """BM25 (bm25s, Lucene scoring, English stopwords) over the split's corpus."""
+def bm25_topk(data, k: int = 100) -> tuple[np.ndarray, np.ndarray]:
+  """BM25 (bm25s, Lucene scoring) top-k of the split's queries: (indices [Q, k], -1 where no query
+  term matched; scores [Q, k])."""
   import bm25s
   retriever = bm25s.BM25()
   retriever.index(bm25s.tokenize(data.doc_texts, token_pattern=BM25_TOKEN, show_progress=False), show_progress=False)
   k = min(k, len(data.doc_ids))
   tokens = bm25s.tokenize(data.query_texts, token_pattern=BM25_TOKEN, show_progress=False)
   idx, scores = retriever.retrieve(tokens, k=k, show_progress=False)
-  idx = np.where(np.asarray(scores) > 0, np.asarray(idx), -1)  # Score 0: no query term matched; not retrieved.
-  run = metrics_lib.run_from_topk(data.query_ids, data.doc_ids, idx, np.asarray(scores))
+  return np.where(np.asarray(scores) > 0, np.asarray(idx), -1), np.asarray(scores)  # Score 0: not retrieved.
+
+
+def bm25(data, k: int = 100, metrics: Sequence[str] = METRICS) -> dict[str, float]:
+  """BM25 (bm25s, Lucene scoring, English stopwords) over the split's corpus."""
+  idx, scores = bm25_topk(data, k)
+  run = metrics_lib.run_from_topk(data.query_ids, data.doc_ids, idx, scores)
   return metrics_lib.evaluate(run, data.qrels, metrics)
 
 

@@ -7,6 +7,7 @@ checkpoint stays), saves on SIGTERM (preemption) and at the end. Only process 0 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import signal
 import time
@@ -85,6 +86,7 @@ class Setup:
   tokenizer: Any
   tx: Any
   loss: LossConfig
+  jit_step: Any = None  # (state_sh, teacher_sh, batch_sh) -> step fn; None: jit_train_step (edistill/train/ce.py sets it)
 
 
 def lstsq_projection(student: np.ndarray, teacher: np.ndarray, ridge: float = 1e-3) -> dict[str, np.ndarray]:
@@ -117,6 +119,9 @@ def training_data(cfg):
     queries, qrels = querygen.mix(queries, data.qrels, gen, cfg.querygen.ratio, cfg.seed)
     logging.info("Mixed %d generated queries into %d training pairs", len(queries) - len(data.query_ids), n_pairs)
     data = dataclasses.replace(data, query_ids=list(queries), query_texts=list(queries.values()), qrels=qrels)
+  if cfg.cross_encoder.mine == "bm25" and (cfg.student.kind == "cross" or cfg.cross_encoder.checkpoint):
+    from edistill.train import ce  # Training a cross-encoder, or distilling one: BM25 hard negatives.
+    data = ce.with_mined_negatives(data, cfg.cross_encoder.mine_depth)
   return data
 
 
@@ -155,6 +160,9 @@ def with_unlabeled(cfg, data, tpre, tables: dict[str, np.ndarray]):
 
 def build(cfg, process_index: int = 0, process_count: int = 1) -> Setup:
   """Data, student, teacher (tables precomputed once and cached) and optimizer for ``cfg``."""
+  if "cross" in (cfg.student.kind, cfg.teacher.kind):
+    from edistill.train import ce
+    return ce.build(cfg, process_index, process_count)
   loss = loss_config(cfg)
   data = training_data(cfg)
   student_pre = zoo.load_from_config(cfg.student)
@@ -218,8 +226,9 @@ def train(cfg, workdir: str | Path) -> dict[str, float]:
   state_sh = mesh_lib.tree_shardings(abstract, mesh)
   teacher_sh = mesh_lib.replicated(mesh)
   teacher_params = jax.device_put(setup.teacher_params, teacher_sh) if setup.teacher_params is not None else None
-  step_fn = jit_train_step(setup.student, setup.teacher, setup.loss, setup.tx, state_sh, teacher_sh, batch_sharding,
-                           grad_cache_chunk=cfg.train.grad_cache_chunk)
+  make_step = setup.jit_step or functools.partial(jit_train_step, setup.student, setup.teacher, setup.loss, setup.tx,
+                                                  grad_cache_chunk=cfg.train.grad_cache_chunk)
+  step_fn = make_step(state_sh, teacher_sh, batch_sharding)
 
   ckpt = checkpoint.Checkpointer(workdir / "checkpoints", cfg.train.keep_checkpoints, cfg.train.checkpoint_every)
   target = checkpoint.abstract_like(abstract, state_sh)
@@ -280,6 +289,10 @@ def train(cfg, workdir: str | Path) -> dict[str, float]:
 def evaluate_during_training(cfg, workdir: Path, state) -> dict[str, float]:
   """The current student on ``cfg.eval.during_training_split`` (exact search), as "eval/<metric>"."""
   from edistill.eval import suite
+  if cfg.student.kind == "cross":
+    from edistill.eval import rerank
+    rows = rerank.run(cfg, workdir, split=cfg.eval.during_training_split, params=jax.device_get(state.params))
+    return {f"eval/{k}": v for k, v in rows["reranked"].items()}
   rows = suite.run(cfg, workdir, split=cfg.eval.during_training_split, student_params=jax.device_get(state.params),
                    models=("student",), scann=False)
   return {f"eval/{k}": v for k, v in rows["student"].items() if k not in ("params_m", "query_ms")}

@@ -102,17 +102,27 @@ def train_step(state: TrainState, teacher_params, batch, *, student: DualEncoder
   ``grad_cache_chunk > 0`` computes the same loss and gradients with GradCache (``grad_cache.py``):
   the towers see ``grad_cache_chunk`` queries at a time, the loss still sees the whole global batch.
   """
-  rng, step_rng = jax.random.split(jax.random.wrap_key_data(state.rng))
-  step_rng = jax.random.fold_in(step_rng, state.step)
   if grad_cache_chunk:
     head = lambda p, q_s, d_s: loss_from_embeddings(p, q_s, d_s, teacher_params, batch, student=student,
                                                     teacher=teacher, cfg=cfg)
-    (loss, metrics), grads = grad_cache.value_and_grad(state.params, batch, step_rng, student=student, head=head,
-                                                       chunk=grad_cache_chunk)
-  else:
-    grad_fn = jax.value_and_grad(compute_loss, has_aux=True)
-    (loss, metrics), grads = grad_fn(state.params, teacher_params, batch, step_rng, student=student,
-                                     teacher=teacher, cfg=cfg)
+    value_and_grad = lambda params, rng: grad_cache.value_and_grad(params, batch, rng, student=student, head=head,
+                                                                   chunk=grad_cache_chunk)
+    return _apply(state, value_and_grad, tx)
+  loss_fn = lambda params, rng: compute_loss(params, teacher_params, batch, rng, student=student, teacher=teacher,
+                                             cfg=cfg)
+  return gradient_step(state, loss_fn, tx)
+
+
+def gradient_step(state: TrainState, loss_fn, tx: optax.GradientTransformation) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimizer step on ``loss_fn(params, rng) -> (loss, metrics)`` (any model: also the CE trainers)."""
+  return _apply(state, jax.value_and_grad(loss_fn, has_aux=True), tx)
+
+
+def _apply(state: TrainState, value_and_grad, tx: optax.GradientTransformation) -> tuple[TrainState, dict[str, jax.Array]]:
+  """``value_and_grad(params, rng) -> ((loss, metrics), grads)``, then the optimizer update."""
+  rng, step_rng = jax.random.split(jax.random.wrap_key_data(state.rng))
+  step_rng = jax.random.fold_in(step_rng, state.step)
+  (loss, metrics), grads = value_and_grad(state.params, step_rng)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = {**metrics, "grad_norm": optax.global_norm(grads)}

@@ -1,0 +1,43 @@
+"""Distil a trained cross-encoder (configs/cross_encoder.py) into a small dual-encoder student.
+
+    python -m edistill.main --config configs/cross_encoder.py:head=dual --workdir runs/ce_dual     # the teacher
+    python -m edistill.main --config configs/ce_distill.py:head=dual --workdir runs/ce_dual_l2      # the student
+    python -m edistill.main --config configs/ce_distill.py:head=cls,ce=runs/ce_cls/checkpoints --workdir runs/ce_cls_l2
+
+The student (a tied dual encoder: all-MiniLM-L6-v2's first ``student_layers`` layers) learns from
+  label      the in-batch one-hot loss over the B x B*C score matrix,
+  score      score distillation of its scores over each query's candidates (positive + 3 BM25 hard
+             negatives, the CE's training distribution) to the CE's scores of the same pairs
+             (precomputed once and cached; teacher temperature = the CE's training temperature),
+  query_emb, doc_emb  (dual head only) L2 embedding matching of the student's query/document
+             embeddings to the CE's dual-pooled query/document vectors of the same pair.
+``ce`` is the CE run's checkpoint directory; ``layers``/``head`` must be those it was trained with.
+"""
+from edistill import config_lib
+from edistill.models.cross_encoder import HEADS
+
+
+def get_config(arg=None):
+  args = config_lib.parse_arg(arg, head="cls", ce="", layers=2, student_layers=2, corpus=2000, steps=200,
+                              runlocal=False)
+  if args.head not in HEADS:
+    raise ValueError(f"head={args.head!r}; expected one of {HEADS}.")
+  cfg = config_lib.base_config()
+  cfg.data.corpus_size = args.corpus
+  cfg.data.max_doc_length = 64
+  cfg.data.num_hard_negatives = 3
+  cfg.teacher.update(name="minilm-l6", num_layers=args.layers, kind="cross")
+  cfg.cross_encoder.update(head=args.head, checkpoint=args.ce or f"runs/ce_{args.head}/checkpoints")
+  cfg.student.update(name="minilm-l6", num_layers=args.student_layers, kind="tied")
+  dual = args.head == "dual"
+  cfg.loss.update(label=1.0, score=1.0, query_emb=1.0 if dual else 0.0, doc_emb=1.0 if dual else 0.0,
+                  student_temperature=0.05, teacher_temperature=0.05)
+  cfg.train.update(batch_size=32, steps=args.steps, learning_rate=1e-4, warmup_steps=20, log_every=10,
+                   checkpoint_every=100)
+  cfg.eval.update(models=("student_zero_shot", "student", "bm25"), scann=False)
+  if args.runlocal:
+    config_lib.runlocal(cfg)
+    cfg.data.num_hard_negatives = 3
+    cfg.teacher.num_layers = 1
+    cfg.cross_encoder.mine_depth = 10
+  return cfg
