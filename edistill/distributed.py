@@ -14,7 +14,7 @@ and checks the contracts edistill relies on:
   ``check_batch_layout`` proves the two agree for the mesh at hand (else in-batch labels would
   silently point at other hosts' documents).
 * Every process takes part in jitted steps and Orbax saves; only process 0 writes logs and results
-  (``is_writer``). ``process0_first`` lets process 0 fill shared caches (datasets, teacher tables)
+  (``is_writer``). ``process0_first`` lets process 0 fill shared caches (datasets, packaged models)
   before the others read them.
 """
 from __future__ import annotations

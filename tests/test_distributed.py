@@ -2,6 +2,8 @@
 one process with the same global batch; config and layout mistakes fail loudly."""
 import json
 import os
+import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -69,10 +71,26 @@ def _params(workdir: Path):
     c.close()
 
 
+def _encoded_rows(stderr: str) -> dict[str, tuple[int, int, int]]:
+  """The rows a process encoded itself, from its log: {"teacher queries": (start, stop, of N), ...}."""
+  pattern = r"\] (.+) \(shard 0\): process \d of \d encoded rows \[(\d+), (\d+)\) of (\d+)"
+  return {desc: tuple(map(int, rows)) for desc, *rows in re.findall(pattern, stderr)}
+
+
+def _shards(root: Path) -> dict[str, dict]:
+  out = {}
+  for path in sorted(root.glob("*/shard_*.npz")):
+    with np.load(path) as z:
+      out[f"{path.parent.name}/{path.name}"] = {"ids": list(z["ids"]), "embeddings": z["embeddings"]}
+  return out
+
+
 def test_two_processes_train_like_one_process(tmp_path, tiny_models, isolated_cache):
   # Reference: this process (8 devices), same config, same global batch of 8. It also fills the
-  # dataset and teacher-table caches the two processes then read.
+  # dataset cache the two processes then read; its teacher tables are moved aside so that the two
+  # processes encode them again, each its own half.
   loop.train(_config(tiny_models, steps=STEPS), tmp_path / "one")
+  shutil.move(isolated_cache / "embeddings", tmp_path / "embeddings_one")
   env = {**os.environ, "EDISTILL_CACHE": str(isolated_cache), "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT),
          "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}  # 2 processes x 2 devices.
   port = _free_port()
@@ -83,6 +101,20 @@ def test_two_processes_train_like_one_process(tmp_path, tiny_models, isolated_ca
       "--config.distributed.cpu_collectives=gloo", "--config.distributed.timeout_s=120") for i in (0, 1)], env)
   for i, r in enumerate(results):
     assert f"process {i} of 2, 2 local of 4 devices" in r.stderr
+  # The teacher tables were split: process 0 encoded rows [0, ceil(N/2)) itself, process 1 the rest.
+  rows = [_encoded_rows(r.stderr) for r in results]
+  assert set(rows[0]) == set(rows[1]) == {"teacher queries", "teacher documents"}
+  for desc, (a0, b0, n) in rows[0].items():
+    assert (a0, b0) == (0, -(-n // 2)) and rows[1][desc] == (b0, n, n), (desc, rows)
+    print(f"{desc}: process 0 encoded {b0 - a0} rows, process 1 {n - b0}, of {n}")
+  # Process 0 cached the gathered tables: same shards as the one-process encoding, same ids, ~same values.
+  one_tables, two_tables = _shards(tmp_path / "embeddings_one"), _shards(isolated_cache / "embeddings")
+  assert len(two_tables) == len(rows[0]) and set(two_tables) <= set(one_tables)
+  for name, t in two_tables.items():
+    assert t["ids"] == one_tables[name]["ids"]
+    diff = float(np.abs(t["embeddings"] - one_tables[name]["embeddings"]).max())
+    print(f"{name}: {t['embeddings'].shape}, max |diff| vs one process {diff:.1e}")
+    assert diff <= 1e-5
   # Only process 0 wrote logs and printed results; both took part in the (complete) checkpoint.
   assert '"loss"' in results[0].stdout and '"loss"' not in results[1].stdout
   assert len(list((workdir / "tensorboard").glob("events.out.tfevents.*"))) == 1

@@ -85,3 +85,16 @@ def test_bad_inputs(model):
     enc.encode(fn, params, tok, [], 8)
   with pytest.raises(ValueError, match="2 ids for 1 texts"):
     enc.encode_cached("/tmp/unused", {}, fn, params, tok, ["a", "b"], ["x"], 8)
+
+
+@pytest.mark.parametrize("n,p", [(7, 2), (10, 3), (2, 3), (5, 1)])
+def test_process_shares_pad_and_reassemble_to_the_table(n, p):
+  """Multi-host encoding: disjoint blocks covering [0, n), zero-padded to one shape, gathered, stripped."""
+  table = np.random.default_rng(0).normal(size=(n, 4)).astype(np.float32)
+  shares = [enc.process_rows(n, i, p) for i in range(p)]
+  assert [i for a, b in shares for i in range(a, b)] == list(range(n))  # Disjoint, in order, complete.
+  per = -(-n // p)
+  assert all(b - a in (per, n % per, 0) for a, b in shares)  # Full blocks, then one short or empty ones.
+  gathered = np.stack([enc.pad_rows(table[a:b], per) for a, b in shares])  # What process_allgather returns.
+  assert gathered.shape == (p, per, 4)
+  np.testing.assert_array_equal(enc.reassemble(gathered, n), table)

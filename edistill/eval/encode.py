@@ -5,6 +5,12 @@ shapes, little padding), then put back in input order. With a mesh, each batch i
 ``data`` axis. ``encode_cached`` writes ``shard_00000.npz`` ... (``ids`` and ``embeddings``) under a
 directory named by a key of (model parameters, texts, max length, head): a rerun reuses it, an
 interrupted run resumes at the first missing shard, and any change of model or corpus gets a new key.
+
+Multi-host (``multihost=True``, every process calling together): each missing shard is split over the
+processes in contiguous blocks (``process_rows``), each process encodes its own block, and the
+zero-padded blocks are all-gathered (``process_allgather`` needs equal shapes) and stripped
+(``reassemble``), so every process holds the same [N, D] table. A shard counts as cached only if
+every process can read it (else all re-encode it together); only process 0 writes the cache.
 """
 from __future__ import annotations
 
@@ -22,7 +28,7 @@ from flax import traverse_util
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from edistill import mesh as mesh_lib
+from edistill import distributed, mesh as mesh_lib
 from edistill.models import tokenization
 
 EncodeFn = Callable[[Any, np.ndarray, np.ndarray], jax.Array]  # (params, ids, mask) -> [B, D]
@@ -75,37 +81,95 @@ def encode(fn: EncodeFn, params, tokenizer, texts: Sequence[str], max_length: in
   return result
 
 
+def process_rows(n: int, process_index: int, process_count: int) -> tuple[int, int]:
+  """Rows [start, stop) of an n-row table that process i of p encodes: blocks of ceil(n / p) rows in
+  process order (the last blocks may be shorter, or empty when n < p)."""
+  per = -(-n // process_count)
+  return min(process_index * per, n), min((process_index + 1) * per, n)
+
+
+def pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
+  """[m, D] -> [rows, D] (m <= rows) with zero rows appended."""
+  return np.concatenate([x, np.zeros((rows - len(x), *x.shape[1:]), x.dtype)])
+
+
+def reassemble(gathered: np.ndarray, n: int) -> np.ndarray:
+  """[p, ceil(n / p), D] padded blocks in process order -> the [n, D] table (padding stripped)."""
+  return gathered.reshape(-1, *gathered.shape[2:])[:n]
+
+
+def encode_across_processes(fn: EncodeFn, params, tokenizer, texts: Sequence[str], max_length: int,
+                            desc: str | None = "encode", **kw) -> np.ndarray:
+  """``encode`` split over ``jax.process_count()`` processes; each returns the same float32 [N, D].
+
+  Process i encodes rows ``process_rows(N, i, p)`` only; every process must call this together.
+  """
+  from jax.experimental import multihost_utils
+  i, p, n = jax.process_index(), jax.process_count(), len(texts)
+  start, stop = process_rows(n, i, p)
+  if stop > start:
+    own = encode(fn, params, tokenizer, texts[start:stop], max_length, desc=desc, **kw)
+  else:  # Fewer rows than processes: an empty, correctly shaped block.
+    probe = np.zeros((1, 8), np.int32)
+    own = np.zeros((0, jax.eval_shape(fn, params, probe, probe).shape[-1]), np.float32)
+  logging.info("%s: process %d of %d encoded rows [%d, %d) of %d", desc, i, p, start, stop, n)
+  gathered = multihost_utils.process_allgather(pad_rows(own, -(-n // p)), tiled=False)  # [p, ceil(n/p), D]
+  return reassemble(np.asarray(gathered), n)
+
+
 def cache_key(**fields) -> str:
   return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
+def _read_shard(path: Path, chunk_ids: list[str]) -> np.ndarray | None:
+  """The embeddings of a cache shard whose ids are ``chunk_ids``; None if it is missing or stale."""
+  if not path.is_file():
+    return None
+  with np.load(path) as z:
+    if list(z["ids"]) == chunk_ids:
+      return z["embeddings"]
+  logging.warning("%s does not match its ids; re-encoding it.", path)
+  return None
+
+
 def encode_cached(cache_dir: str | os.PathLike, key_fields: dict, fn: EncodeFn, params, tokenizer,
                   ids: Sequence[str], texts: Sequence[str], max_length: int, shard_size: int = 50_000,
-                  **kw) -> tuple[list[str], np.ndarray]:
-  """``encode`` with an on-disk cache of id-tagged shards (see module doc); returns (ids, [N, D])."""
+                  multihost: bool = False, **kw) -> tuple[list[str], np.ndarray]:
+  """``encode`` with an on-disk cache of id-tagged shards (see module doc); returns (ids, [N, D]).
+
+  ``multihost``: every process calls this together and the encoding is split across them (module doc).
+  """
   if len(ids) != len(texts):
     raise ValueError(f"{len(ids)} ids for {len(texts)} texts.")
+  multihost = multihost and jax.process_count() > 1
+  writer = not multihost or distributed.is_writer()
   key = cache_key(**key_fields, texts=texts_fingerprint(texts), ids=texts_fingerprint(ids), max_length=max_length)
   root = Path(cache_dir) / key
-  root.mkdir(parents=True, exist_ok=True)
-  (root / "key.json").write_text(json.dumps({**key_fields, "max_length": max_length, "count": len(ids)},
-                                            indent=2, default=str))
+  if writer:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "key.json").write_text(json.dumps({**key_fields, "max_length": max_length, "count": len(ids)},
+                                              indent=2, default=str))
+  starts = range(0, len(ids), shard_size)
+  cached = [_read_shard(root / f"shard_{s:05d}.npz", list(ids[start:start + shard_size]))
+            for s, start in enumerate(starts)]
+  hit = np.array([c is not None for c in cached])
+  if multihost:  # Cached only where every process can read it: all then skip or encode it together.
+    from jax.experimental import multihost_utils
+    hit = np.asarray(multihost_utils.process_allgather(hit)).all(axis=0)
+  encode_fn = encode_across_processes if multihost else encode
   shards = []
   desc = kw.pop("desc", "encode")
-  for s, start in enumerate(range(0, len(ids), shard_size)):
+  for s, start in enumerate(starts):
+    if hit[s]:
+      shards.append(cached[s])
+      continue
     path = root / f"shard_{s:05d}.npz"
-    chunk_ids = list(ids[start:start + shard_size])
-    if path.is_file():
-      with np.load(path) as z:
-        if list(z["ids"]) == chunk_ids:
-          shards.append(z["embeddings"])
-          continue
-      logging.warning("%s does not match its ids; re-encoding it.", path)
-    emb = encode(fn, params, tokenizer, texts[start:start + shard_size], max_length,
-                 desc=desc and f"{desc} (shard {s})", **kw)
-    tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez(tmp, ids=np.array(chunk_ids), embeddings=emb)
-    os.replace(tmp, path)  # A killed run never leaves a partial shard under the final name.
+    emb = encode_fn(fn, params, tokenizer, texts[start:start + shard_size], max_length,
+                    desc=desc and f"{desc} (shard {s})", **kw)
+    if writer:
+      tmp = path.with_name(path.stem + ".tmp.npz")
+      np.savez(tmp, ids=np.array(list(ids[start:start + shard_size])), embeddings=emb)
+      os.replace(tmp, path)  # A killed run never leaves a partial shard under the final name.
     shards.append(emb)
   return list(ids), np.concatenate(shards)
 
@@ -118,7 +182,7 @@ def encode_pretrained(pre, ids: Sequence[str], texts: Sequence[str], max_length:
   """A zoo.Pretrained encoder over texts, cached under ``cache_dir`` keyed by its parameters.
 
   Training (teacher tables) and evaluation (teacher documents) share this cache, so each corpus is
-  encoded by a given model once.
+  encoded by a given model once. ``multihost=True`` (in ``kw``) splits the encoding across processes.
   """
   module = pre.module
   fn = lambda p, i, m: module.apply({"params": p}, i, m)

@@ -140,10 +140,12 @@ def pseudo_labeled(data, ids: list[str], texts: list[str], query_emb: np.ndarray
                              qrels=qrels), top1
 
 
-def with_unlabeled(cfg, data, tpre, tables: dict[str, np.ndarray]):
-  """Adds ``cfg.data.unlabeled_queries`` unlabeled queries (seeded choice) with teacher pseudo-labels."""
-  pool = tfds_builders.unlabeled_queries(cfg.data.source, cfg.data.path, cfg.data.corpus_size, cfg.seed,
-                                         cfg.data.errors, cfg.data.unlabeled_path)
+def with_unlabeled(cfg, data, tpre, tables: dict[str, np.ndarray], multihost: bool = False):
+  """Adds ``cfg.data.unlabeled_queries`` unlabeled queries (seeded choice) with teacher pseudo-labels
+  (``multihost``: as in ``build``)."""
+  d = cfg.data
+  pool = _process0_first_if(multihost, lambda: tfds_builders.unlabeled_queries(
+      d.source, d.path, d.corpus_size, cfg.seed, d.errors, d.unlabeled_path), "unlabeled")
   pool_ids = sorted(pool)
   pick = np.sort(np.random.default_rng([cfg.seed, 11]).permutation(len(pool_ids))[:cfg.data.unlabeled_queries])
   ids = [pool_ids[i] for i in pick]
@@ -152,20 +154,32 @@ def with_unlabeled(cfg, data, tpre, tables: dict[str, np.ndarray]):
     logging.warning("config.data.unlabeled_queries=%d but only %d are available; using them all.",
                     cfg.data.unlabeled_queries, len(ids))
   emb = encode_lib.encode_pretrained(tpre, ids, texts, cfg.data.max_query_length, Path(zoo.cache_dir()) / "embeddings",
-                                     batch_size=cfg.teacher.batch_size, desc="teacher unlabeled queries")
+                                     batch_size=cfg.teacher.batch_size, desc="teacher unlabeled queries",
+                                     multihost=multihost)
   data, _ = pseudo_labeled(data, ids, texts, emb, tables["docs"])
   logging.info("Added %d unlabeled queries (teacher top-1 pseudo-labels)", len(ids))
   return data, {**tables, "queries": np.concatenate([tables["queries"], emb])}
 
 
-def build(cfg, process_index: int = 0, process_count: int = 1) -> Setup:
-  """Data, student, teacher (tables precomputed once and cached) and optimizer for ``cfg``."""
+def _process0_first_if(multihost: bool, fn, name: str):
+  """``distributed.process0_first(fn)`` when ``multihost``, else just ``fn()``."""
+  return distributed.process0_first(fn, f"build:{name}") if multihost else fn()
+
+
+def build(cfg, process_index: int = 0, process_count: int = 1, multihost: bool = False) -> Setup:
+  """Data, student, teacher (tables precomputed once and cached) and optimizer for ``cfg``.
+
+  ``multihost``: every process calls ``build`` together. Process 0 prepares the data and models first
+  (they fill caches), then the teacher tables and lstsq student encodings are split across processes
+  (``encode_lib.encode_across_processes``). Without it, a multi-process caller must run ``build`` on
+  process 0 first (``distributed.process0_first``).
+  """
   if "cross" in (cfg.student.kind, cfg.teacher.kind):
-    from edistill.train import ce
-    return ce.build(cfg, process_index, process_count)
+    from edistill.train import ce  # Not sharded: process 0 builds first, the others reuse its caches.
+    return _process0_first_if(multihost, lambda: ce.build(cfg, process_index, process_count), "cross")
   loss = loss_config(cfg)
-  data = training_data(cfg)
-  student_pre = zoo.load_from_config(cfg.student)
+  data = _process0_first_if(multihost, lambda: training_data(cfg), "data")
+  student_pre = _process0_first_if(multihost, lambda: zoo.load_from_config(cfg.student), "student")
   kind = cfg.student.kind
   module = student_pre.module.clone(remat=cfg.train.remat == "layer")
   student = DualEncoder(module, module if kind == "untied" else None, kind)
@@ -175,7 +189,7 @@ def build(cfg, process_index: int = 0, process_count: int = 1) -> Setup:
 
   teacher, teacher_params = None, None
   if loss.needs_teacher() or kind == "asymmetric":
-    tpre = zoo.load_from_config(cfg.teacher)
+    tpre = _process0_first_if(multihost, lambda: zoo.load_from_config(cfg.teacher), "teacher")
     teacher = teachers.Teacher(tpre.module, cfg.teacher.mode)
     if cfg.teacher.mode == "online":
       if tpre.tokenizer.get_vocab() != student_pre.tokenizer.get_vocab():
@@ -185,13 +199,14 @@ def build(cfg, process_index: int = 0, process_count: int = 1) -> Setup:
       t_dim = tpre.module.projection_dim or tpre.config.hidden_size
     else:
       cache = Path(zoo.cache_dir()) / "embeddings"
+      kw = dict(batch_size=cfg.teacher.batch_size, multihost=multihost)
       tables = {
           "queries": encode_lib.encode_pretrained(tpre, data.query_ids, data.query_texts, cfg.data.max_query_length,
-                                                  cache, batch_size=cfg.teacher.batch_size, desc="teacher queries"),
+                                                  cache, desc="teacher queries", **kw),
           "docs": encode_lib.encode_pretrained(tpre, data.doc_ids, data.doc_texts, cfg.data.max_doc_length,
-                                               cache, batch_size=cfg.teacher.batch_size, desc="teacher documents")}
+                                               cache, desc="teacher documents", **kw)}
       if cfg.data.unlabeled_queries:
-        data, tables = with_unlabeled(cfg, data, tpre, tables)
+        data, tables = with_unlabeled(cfg, data, tpre, tables, multihost)
       teacher_params = tables
       t_dim = tables["queries"].shape[1]
     s_dim = student_pre.module.projection_dim or student_pre.config.hidden_size
@@ -199,7 +214,8 @@ def build(cfg, process_index: int = 0, process_count: int = 1) -> Setup:
     if (kind == "asymmetric" or loss.query_emb) and s_dim != t_dim:
       if cfg.student.projection_init == "lstsq" and cfg.teacher.mode == "precomputed":
         student_q = encode_lib.encode_pretrained(student_pre, data.query_ids, data.query_texts, cfg.data.max_query_length,
-                                                 Path(zoo.cache_dir()) / "embeddings", desc="student queries")
+                                                 Path(zoo.cache_dir()) / "embeddings", desc="student queries",
+                                                 multihost=multihost)
         params["query_projection"] = lstsq_projection(student_q, teacher_params["queries"])
       else:
         params["query_projection"] = init_projection(jax.random.fold_in(rng, 0), s_dim, t_dim)
@@ -218,7 +234,7 @@ def train(cfg, workdir: str | Path) -> dict[str, float]:
   """Runs (or resumes) training to ``cfg.train.steps``; returns the last logged metrics."""
   workdir = epath.Path(workdir)
   pid, nproc = jax.process_index(), jax.process_count()
-  setup = distributed.process0_first(lambda: build(cfg, pid, nproc), "build")  # Process 0 fills the caches.
+  setup = build(cfg, pid, nproc, multihost=nproc > 1)  # Every process together: encodings split across them.
   mesh = mesh_lib.make_mesh(dict(cfg.mesh))
   batch_sharding = mesh_lib.batch_sharding(mesh)
   distributed.check_batch_layout(batch_sharding, cfg.train.batch_size, pid, nproc)
