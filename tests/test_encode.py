@@ -98,3 +98,16 @@ def test_process_shares_pad_and_reassemble_to_the_table(n, p):
   gathered = np.stack([enc.pad_rows(table[a:b], per) for a, b in shares])  # What process_allgather returns.
   assert gathered.shape == (p, per, 4)
   np.testing.assert_array_equal(enc.reassemble(gathered, n), table)
+
+
+def test_module_fingerprint_ignores_execution_options_but_not_the_head(fixtures):
+  import dataclasses
+  cfg, _ = hf_import.load_params(fixtures / "tiny-bert")
+  base = enc.module_fingerprint(Encoder(cfg, normalize=True))
+  # remat and dropout rates do not change inference outputs: cached tables stay valid.
+  assert enc.module_fingerprint(Encoder(cfg, normalize=True, remat=True)) == base
+  no_dropout = dataclasses.replace(cfg, hidden_dropout=0.0, attention_dropout=0.0)
+  assert enc.module_fingerprint(Encoder(no_dropout, normalize=True)) == base
+  for other in (Encoder(cfg, normalize=False), Encoder(cfg, normalize=True, pooling="cls"),
+                Encoder(cfg, normalize=True, dtype=jax.numpy.bfloat16), Encoder(cfg.with_layers(1), normalize=True)):
+    assert enc.module_fingerprint(other) != base

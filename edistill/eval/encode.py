@@ -14,6 +14,7 @@ every process can read it (else all re-encode it together); only process 0 write
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -42,6 +43,14 @@ def params_fingerprint(params) -> str:
     h.update(f"{path}:{arr.shape}:{arr.dtype}".encode())
     h.update(arr.tobytes())
   return h.hexdigest()
+
+
+def module_fingerprint(module) -> str:
+  """What, besides its parameters, fixes an Encoder's inference outputs: the architecture without
+  its training-only dropout rates, the head and the compute dtype. Execution options (``remat``)
+  and dropout are left out, so changing them (or adding such a field) keeps cached tables valid."""
+  arch = dataclasses.replace(module.config, hidden_dropout=0.0, attention_dropout=0.0)
+  return repr((arch, module.pooling, module.normalize, module.projection_dim, np.dtype(module.dtype).name))
 
 
 def texts_fingerprint(texts: Sequence[str]) -> str:
@@ -186,5 +195,5 @@ def encode_pretrained(pre, ids: Sequence[str], texts: Sequence[str], max_length:
   """
   module = pre.module
   fn = lambda p, i, m: module.apply({"params": p}, i, m)
-  key = {"model": params_fingerprint(pre.params), "module": repr(module)}
+  key = {"model": params_fingerprint(pre.params), "module": module_fingerprint(module)}
   return encode_cached(cache_dir, key, fn, pre.params, pre.tokenizer, ids, texts, max_length, **kw)[1]
