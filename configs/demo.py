@@ -13,17 +13,9 @@ prints the results table (also in runs/demo/results_test.md).
 
 ``demo.py:similarity`` keeps the old quick check: both encoders' cosine tables on a few sentences.
 """
-import importlib.util
 from pathlib import Path
 
 from edistill import config_lib
-
-
-def _ablation():
-  spec = importlib.util.spec_from_file_location("ablation", Path(__file__).with_name("ablation.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 def get_config(arg=None):
@@ -31,7 +23,8 @@ def get_config(arg=None):
   if args.similarity:
     return similarity_config()
   # The full recipe is the ablation's last row with the 6-layer student (one source of truth).
-  return _ablation().get_config(f"row=unlab,student=l6,corpus={args.corpus},steps={args.steps}")
+  return config_lib.load_config(f"{Path(__file__).with_name('ablation.py')}:row=unlab,student=l6,"
+                                f"corpus={args.corpus},steps={args.steps}")
 
 
 def similarity_config():

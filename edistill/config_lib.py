@@ -38,6 +38,18 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(out)
 
 
+def load_config(spec: str | os.PathLike) -> ml_collections.ConfigDict:
+  """``get_config(arg)`` of a config file named as on the command line: ``"path/X.py[:arg]"``."""
+  import importlib.util
+  path, _, arg = str(spec).partition(":")
+  module_spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+  if module_spec is None or not Path(path).is_file():
+    raise FileNotFoundError(f"config file {path!r} does not exist.")
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg or None)
+
+
 def encoder_config(name: str, max_length: int = 128, num_layers: int = 0, pooling: str = "mean",
                    normalize: bool = True) -> ml_collections.ConfigDict:
   """One encoder: a zoo name or local HF directory, its head, and ``num_layers`` (0 = all).

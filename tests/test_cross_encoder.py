@@ -1,6 +1,5 @@
 """Cross-encoder teachers: pair packing and dual-pooling masks, heads against NumPy, sharding, the
 CE-distillation losses against NumPy references, and both configs end to end on tiny models."""
-import importlib.util
 import math
 from pathlib import Path
 
@@ -282,10 +281,7 @@ def losses_candidate(q, d):
 
 # ------------------------------------------------------------------------- configs end to end
 def _load(name, arg):
-  spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config(arg)
+  return config_lib.load_config(f"{ROOT / 'configs' / f'{name}.py'}:{arg or ''}")
 
 
 def _tiny(cfg, tiny_models):

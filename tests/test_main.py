@@ -81,12 +81,7 @@ def test_asymmetric_student_rejects_document_matching_and_all_zero_weights():
 
 
 def _load(config: str):
-  import importlib.util
-  path, _, arg = config.partition(":")
-  spec = importlib.util.spec_from_file_location(Path(path).stem, ROOT / path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg or None)
+  return config_lib.load_config(ROOT / config)
 
 
 def test_demo_is_the_ablations_last_row_with_the_six_layer_student():
@@ -96,3 +91,8 @@ def test_demo_is_the_ablations_last_row_with_the_six_layer_student():
   assert (demo.student.kind, demo.student.num_layers, demo.data.corpus_size) == ("asymmetric", 0, 2000)
   assert demo.data.unlabeled_queries == 8000 and demo.loss.query_emb == 5.0 and demo.querygen.ratio == 0.5
   assert _load("configs/demo.py:steps=7").train.steps == 7
+
+
+def test_load_config_names_a_missing_file(tmp_path):
+  with pytest.raises(FileNotFoundError, match="nope.py"):
+    config_lib.load_config(f"{tmp_path / 'nope.py'}:row=qemb")

@@ -1,5 +1,4 @@
 """The sharded train step, the loop (resume, NaN guard) and every ablation config, on tiny models."""
-import importlib.util
 from pathlib import Path
 
 import jax
@@ -151,10 +150,7 @@ def test_model_axis_shards_the_big_matrices():
 
 # ------------------------------------------------------------------------------------ the loop
 def _config(tiny_models, row="qemb", steps=6, **train):
-  spec = importlib.util.spec_from_file_location("ablation", ROOT / "configs" / "ablation.py")
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  cfg = mod.get_config(f"row={row},runlocal")
+  cfg = config_lib.load_config(f"{ROOT / 'configs' / 'ablation.py'}:row={row},runlocal")
   cfg.teacher.name, cfg.student.name = str(tiny_models["mpnet"]), str(tiny_models["bert"])
   cfg.teacher.num_layers = cfg.student.num_layers = 0
   cfg.data.corpus_size = 300
