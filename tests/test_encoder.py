@@ -122,3 +122,42 @@ def test_invalid_configuration_is_rejected():
   with pytest.raises(ValueError, match="pooling"):
     encoder.Encoder(cfg, pooling="max").init(jax.random.key(0), jnp.ones((1, 4), jnp.int32),
                                              jnp.ones((1, 4), jnp.int32))
+
+
+def test_matmul_custom_backward_equals_autodiff_in_float64_reference():
+  """The hand-written backward (materialised kernel transpose, flattened weight gradient) gives
+  the gradients of x @ kernel: checked against NumPy float64 formulas for a [B, L, in] input."""
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((3, 5, 7)).astype(np.float32)
+  kernel = rng.standard_normal((7, 4)).astype(np.float32)
+  w = rng.standard_normal((3, 5, 4)).astype(np.float32)  # Loss = sum(w * (x @ kernel)).
+  dx, dk = jax.grad(lambda a, k: jnp.sum(w * encoder.matmul(a, k)), argnums=(0, 1))(x, kernel)
+  x64, k64, w64 = (a.astype(np.float64) for a in (x, kernel, w))
+  np.testing.assert_allclose(np.asarray(encoder.matmul(x, kernel)), x64 @ k64, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(dx), w64 @ k64.T, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(dk), np.einsum("bli,blo->io", x64, w64), atol=1e-5)
+  assert np.abs(np.asarray(dk)).max() > 1.0  # Gradients of O(1) scale: the tolerance bites.
+
+
+def test_exact_gelu_matches_erf_definition_keeps_nan_and_gradient():
+  from scipy import special
+  x = np.linspace(-6, 6, 101).astype(np.float32)
+  gelu = encoder._ACTIVATIONS["gelu"]
+  x64 = x.astype(np.float64)
+  np.testing.assert_allclose(np.asarray(gelu(x)), 0.5 * x64 * (1 + special.erf(x64 / np.sqrt(2))), atol=2e-6)
+  grad = jax.vmap(jax.grad(gelu))(x)
+  expected = 0.5 * (1 + special.erf(x64 / np.sqrt(2))) + x64 * np.exp(-x64 ** 2 / 2) / np.sqrt(2 * np.pi)
+  np.testing.assert_allclose(np.asarray(grad), expected, atol=1e-5)
+  assert np.isnan(np.asarray(gelu(jnp.array([np.nan, 1.0], jnp.float32)))[0])
+
+
+def test_cpu_inference_compiler_options_give_the_same_embeddings(fixtures, ref):
+  from edistill import xla_options
+  assert xla_options.inference_options("cpu") == xla_options.CPU_INFERENCE
+  assert xla_options.inference_options("gpu") is None and xla_options.inference_options("tpu") is None
+  cfg, params = hf_import.load_params(fixtures / "tiny-bert")
+  module = encoder.Encoder(cfg)
+  fn = lambda p, i, m: module.apply({"params": p}, i, m)  # noqa: E731
+  args = (params, ref["bert_input_ids"], ref["bert_attention_mask"])
+  plain, tuned = np.asarray(jax.jit(fn)(*args)), np.asarray(xla_options.inference_jit(fn)(*args))
+  assert np.abs(tuned - plain).max() <= 1e-6 and np.abs(plain).mean() > 0.1

@@ -29,7 +29,7 @@ from flax import traverse_util
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from edistill import distributed, mesh as mesh_lib
+from edistill import distributed, mesh as mesh_lib, xla_options
 from edistill.models import tokenization
 
 EncodeFn = Callable[[Any, np.ndarray, np.ndarray], jax.Array]  # (params, ids, mask) -> [B, D]
@@ -71,11 +71,11 @@ def encode(fn: EncodeFn, params, tokenizer, texts: Sequence[str], max_length: in
   if mesh is not None:
     n = mesh.shape["data"]
     batch_size = -(-batch_size // n) * n  # Divisible by the data axis.
-    fn = jax.jit(fn, in_shardings=(mesh_lib.replicated(mesh), mesh_lib.batch_sharding(mesh),
-                                   mesh_lib.batch_sharding(mesh)))
+    fn = xla_options.inference_jit(fn, in_shardings=(mesh_lib.replicated(mesh), mesh_lib.batch_sharding(mesh),
+                                                     mesh_lib.batch_sharding(mesh)))
     params = jax.device_put(params, mesh_lib.replicated(mesh))
   else:
-    fn = jax.jit(fn)
+    fn = xla_options.inference_jit(fn)
     params = jax.device_put(params)
   out: list[np.ndarray] = []
   for start in tqdm(range(0, len(texts), batch_size), desc=desc, disable=desc is None):

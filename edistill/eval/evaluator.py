@@ -17,6 +17,7 @@ import numpy as np
 from absl import logging
 from etils import epath
 
+from edistill import xla_options
 from edistill.eval import encode as encode_lib
 from edistill.eval import index as index_lib
 from edistill.eval import metrics as metrics_lib
@@ -89,7 +90,7 @@ def embed(model: DenseModel, data, max_query_length: int, max_doc_length: int, c
 def query_latency_ms(model: DenseModel, texts: Sequence[str], max_length: int, repeats: int = 30) -> float:
   """Median wall time to encode one query (batch 1, bucketed length), after compilation."""
   from edistill.models import tokenization
-  fn = jax.jit(model.query_fn)
+  fn = xla_options.inference_jit(model.query_fn)
   params = jax.device_put(model.query_params)
   batches = [tokenization.tokenize(model.query_tokenizer, [t], max_length, bucket=16) for t in texts[:repeats]]
   for b in batches:

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from edistill import xla_options
 from edistill.models.encoder import Encoder, TransformerConfig, l2_normalize
 
 HEADS = ("cls", "dual")
@@ -227,7 +228,7 @@ def predict(model: CrossEncoder, params, pairs: dict[str, np.ndarray], batch_siz
     q, d = model.apply({"params": p}, batch, method=CrossEncoder.pooled)
     return {"scores": jnp.sum(q * d, axis=-1), "query_vectors": q, "doc_vectors": d}  # The dual head's score.
 
-  fn = jax.jit(fn)
+  fn = xla_options.inference_jit(fn)
   params = jax.device_put(params)
   n = len(pairs["input_ids"])
   parts = []
