@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import transformers
 
-from edistill import xla_options
+from edistill import host, xla_options
 from edistill.models import zoo
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -62,7 +62,12 @@ def main():
   parser.add_argument("--reps", type=int, default=10)
   parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
   parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+  parser.add_argument("--malloc", choices=("tuned", "default"), default="tuned",
+                      help="tuned: edistill.host.tune_malloc() for the whole process (what edistill.main does "
+                           "on CPU; both frameworks run under it); default: glibc as it comes")
   args = parser.parse_args()
+  if args.malloc == "tuned":  # Before either framework starts its threads.
+    assert host.tune_malloc(), "glibc mallopt failed"
 
   threads = args.threads or torch.get_num_threads()
   torch.set_num_threads(threads)
@@ -81,7 +86,7 @@ def main():
     m = mask.unsqueeze(-1).float()
     return ((states * m).sum(1) / m.sum(1).clamp(min=1e-9)).numpy()
 
-  results = {"model": args.model, "batch": args.batch, "max_length": args.max_length,
+  results = {"model": args.model, "batch": args.batch, "max_length": args.max_length, "malloc": args.malloc,
              "torch_threads": threads, "torch": torch.__version__, "jax": jax.__version__,
              "cpu": platform.processor() or platform.machine()}
 

@@ -314,7 +314,7 @@ def only(args) -> dict:
 
 
 def subprocess_memory(args, data_path: Path, path: Path, framework: str) -> dict:
-  cmd = [sys.executable, __file__, "--only", framework, "--data", str(data_path), "--model-path", str(path),
+  cmd = [sys.executable, __file__, "--only", framework, "--malloc", args.malloc, "--data", str(data_path), "--model-path", str(path),
          "--threads", str(args.threads), "--memory-steps", str(args.memory_steps)]
   proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
   if proc.returncode:
@@ -362,7 +362,7 @@ def main(args) -> dict:
                       batches, reps)
   bsz = args.batch
   results = {
-      "model": args.model, "batch": bsz, "query_length": args.query_length, "doc_length": args.doc_length,
+      "model": args.model, "malloc": args.malloc, "batch": bsz, "query_length": args.query_length, "doc_length": args.doc_length,
       "hard_negatives": args.hard_negatives, "docs_per_batch": bsz * (1 + args.hard_negatives),
       "mean_query_tokens": float(lengths.mean()),
       "mean_longest_row_per_batch": float(np.mean([bt["query_attention_mask"].sum(1).max() for bt in batches])),
@@ -410,6 +410,9 @@ def parse_args(argv=None):
   parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch threads")
   parser.add_argument("--no-memory", action="store_true")
   parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+  parser.add_argument("--malloc", choices=("tuned", "default"), default="tuned",
+                      help="tuned: edistill.host.tune_malloc() for the whole process (what edistill.main does "
+                           "on CPU; both frameworks run under it); default: glibc as it comes")
   parser.add_argument("--only", choices=("jax", "torch"), help=argparse.SUPPRESS)
   parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
   parser.add_argument("--model-path", type=Path, help=argparse.SUPPRESS)
@@ -418,6 +421,9 @@ def parse_args(argv=None):
 
 if __name__ == "__main__":
   args = parse_args()
+  if args.malloc == "tuned":  # Before either framework starts threads; both run under it (host.py).
+    from edistill import host
+    assert host.tune_malloc(), "glibc mallopt failed"
   if args.only:
     print(json.dumps(only(args)))
     sys.exit(0)

@@ -15,7 +15,7 @@ from absl import app, flags, logging
 from etils import epath
 from ml_collections import config_flags
 
-from edistill import config_lib, distributed
+from edistill import config_lib, distributed, host
 from edistill.eval import encode as encode_lib
 from edistill.models import zoo
 
@@ -74,6 +74,7 @@ def main(argv):
   logging.get_absl_handler().addFilter(_QuietLibraries())
   config = _CONFIG.value
   config_lib.validate(config)
+  host.tune_for_cpu_run()  # Before jax starts its threads (see host.py).
   distributed.initialize(config.get("distributed"))  # Before anything touches a JAX backend.
   workdir = epath.Path(_WORKDIR.value)  # A local path or gs://BUCKET/PATH (multi-host: shared by all).
   workdir.mkdir(parents=True, exist_ok=True)
