@@ -34,3 +34,17 @@ def median_time(fn, reps: int, warmup: bool = True) -> float:
     fn()
     times.append(time.perf_counter() - start)
   return float(np.median(times))
+
+
+def add_malloc_flag(parser) -> None:
+  """``--malloc tuned|default``: the allocator both frameworks run under in this process."""
+  parser.add_argument("--malloc", choices=("tuned", "default"), default="tuned",
+                      help="tuned: edistill.host.tune_malloc() for the whole process (what edistill.main does "
+                           "on CPU; both frameworks run under it); default: glibc as it comes")
+
+
+def apply_malloc(setting: str) -> None:
+  """Applies ``--malloc``; call before either framework starts its threads (edistill/host.py)."""
+  if setting == "tuned":
+    from edistill import host
+    assert host.tune_malloc(), "glibc mallopt failed"

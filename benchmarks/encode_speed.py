@@ -28,11 +28,11 @@ import numpy as np
 import torch
 import transformers
 
-from edistill import host, xla_options
+from edistill import xla_options
 from edistill.models import zoo
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import stdlib_docstrings  # noqa: E402
+from common import add_malloc_flag, apply_malloc, stdlib_docstrings  # noqa: E402
 
 BUCKET = 8
 
@@ -62,12 +62,9 @@ def main():
   parser.add_argument("--reps", type=int, default=10)
   parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
   parser.add_argument("--json", type=Path, default=None, help="also write the results here")
-  parser.add_argument("--malloc", choices=("tuned", "default"), default="tuned",
-                      help="tuned: edistill.host.tune_malloc() for the whole process (what edistill.main does "
-                           "on CPU; both frameworks run under it); default: glibc as it comes")
+  add_malloc_flag(parser)
   args = parser.parse_args()
-  if args.malloc == "tuned":  # Before either framework starts its threads.
-    assert host.tune_malloc(), "glibc mallopt failed"
+  apply_malloc(args.malloc)  # Before either framework starts its threads.
 
   threads = args.threads or torch.get_num_threads()
   torch.set_num_threads(threads)

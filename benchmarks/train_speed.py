@@ -52,7 +52,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import stdlib_docstrings  # noqa: E402
+from common import add_malloc_flag, apply_malloc, stdlib_docstrings  # noqa: E402
 
 TEACHER_DIM = 768
 WEIGHTS = {"label": 1.0, "score": 1.0, "query_emb": 1.0}  # configs/ablation.py row=qemb.
@@ -410,9 +410,7 @@ def parse_args(argv=None):
   parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch threads")
   parser.add_argument("--no-memory", action="store_true")
   parser.add_argument("--json", type=Path, default=None, help="also write the results here")
-  parser.add_argument("--malloc", choices=("tuned", "default"), default="tuned",
-                      help="tuned: edistill.host.tune_malloc() for the whole process (what edistill.main does "
-                           "on CPU; both frameworks run under it); default: glibc as it comes")
+  add_malloc_flag(parser)
   parser.add_argument("--only", choices=("jax", "torch"), help=argparse.SUPPRESS)
   parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
   parser.add_argument("--model-path", type=Path, help=argparse.SUPPRESS)
@@ -421,9 +419,7 @@ def parse_args(argv=None):
 
 if __name__ == "__main__":
   args = parse_args()
-  if args.malloc == "tuned":  # Before either framework starts threads; both run under it (host.py).
-    from edistill import host
-    assert host.tune_malloc(), "glibc mallopt failed"
+  apply_malloc(args.malloc)  # Before either framework starts threads; both run under it.
   if args.only:
     print(json.dumps(only(args)))
     sys.exit(0)
