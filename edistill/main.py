@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging as std_logging
+import sys
 import time
 from pathlib import Path
 
@@ -84,7 +85,11 @@ def main(argv):
     print(run_similarity(config, workdir))
   elif config.mode == "train":
     from edistill.train import loop
-    metrics = loop.train(config, workdir)
+    try:
+      metrics = loop.train(config, workdir)
+    except loop.Preempted as e:  # Saved; no evaluation of a half-trained student. Exit as killed by it.
+      logging.warning("%s", e)
+      sys.exit(128 + e.signum)
     if distributed.is_writer():
       print(json.dumps(metrics, indent=2))
       if config.eval.at_end:

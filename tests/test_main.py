@@ -96,3 +96,31 @@ def test_demo_is_the_ablations_last_row_with_the_six_layer_student():
 def test_load_config_names_a_missing_file(tmp_path):
   with pytest.raises(FileNotFoundError, match="nope.py"):
     config_lib.load_config(f"{tmp_path / 'nope.py'}:row=qemb")
+
+
+def test_sigterm_saves_the_step_and_exits_without_evaluating(tmp_path, tiny_models, isolated_cache):
+  """Preemption: the step in flight finishes and is saved, the exit status says SIGTERM (143), and the
+  half-trained student is not evaluated (no results table)."""
+  import signal
+  import time
+  work = tmp_path / "work"
+  cmd = [sys.executable, "-m", "edistill.main", "--config", str(ROOT / "configs/ablation.py:row=qemb,runlocal"),
+         "--workdir", str(work), f"--config.teacher.name={tiny_models['mpnet']}",
+         f"--config.student.name={tiny_models['bert']}", "--config.teacher.num_layers=0",
+         "--config.student.num_layers=0", "--config.data.corpus_size=300", "--config.train.steps=1000000",
+         "--config.eval.at_end=True"]
+  proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  metrics = work / "metrics.jsonl"
+  deadline = time.monotonic() + 240
+  while not (metrics.is_file() and metrics.read_text().count("\n") >= 2):
+    assert proc.poll() is None, proc.communicate()[0][-3000:]
+    assert time.monotonic() < deadline, "no training steps logged in 240 s"
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGTERM)
+  out = proc.communicate(timeout=120)[0]
+  assert proc.returncode == 128 + signal.SIGTERM, out[-3000:]
+  saved = sorted(int(p.name) for p in (work / "checkpoints").iterdir() if p.name.isdigit())
+  logged = [int(line.split('"step": ')[1].split(",")[0]) for line in metrics.read_text().splitlines()]
+  assert len(saved) == 1 and saved[0] >= logged[-1] >= 2, (saved, logged)
+  assert f"saved step {saved[0]}" in out
+  assert not list(work.glob("results_*")), "a preempted run must not evaluate"

@@ -2,7 +2,8 @@
 
 Resumes from the workdir's latest checkpoint (same batches after resume: the pipeline order is a
 function of the step), stops on a non-finite loss without saving the bad state (the last good
-checkpoint stays), saves on SIGTERM (preemption) and at the end. Only process 0 writes metrics.
+checkpoint stays), saves at the end, and on SIGTERM (preemption) saves the current step and raises
+``Preempted`` so the caller stops instead of going on to evaluate. Only process 0 writes metrics.
 """
 from __future__ import annotations
 
@@ -32,6 +33,14 @@ from edistill.train.step import LossConfig, jit_train_step
 
 class NonFiniteLossError(FloatingPointError):
   """The loss became NaN/Inf; the message names the step range since the last good check."""
+
+
+class Preempted(Exception):
+  """Training stopped on a signal after saving ``step``; rerunning the same command resumes there."""
+
+  def __init__(self, signum: int, step: int, directory):
+    super().__init__(f"signal {signum}: saved step {step} in {directory}; rerun the same command to resume.")
+    self.signum, self.step = signum, step
 
 
 class MetricsWriter:
@@ -231,7 +240,10 @@ def build(cfg, process_index: int = 0, process_count: int = 1, multihost: bool =
 
 
 def train(cfg, workdir: str | Path) -> dict[str, float]:
-  """Runs (or resumes) training to ``cfg.train.steps``; returns the last logged metrics."""
+  """Runs (or resumes) training to ``cfg.train.steps``; returns the last logged metrics.
+
+  Raises ``Preempted`` after saving if SIGTERM arrives, ``NonFiniteLossError`` on a NaN/Inf loss.
+  """
   workdir = epath.Path(workdir)
   pid, nproc = jax.process_index(), jax.process_count()
   setup = build(cfg, pid, nproc, multihost=nproc > 1)  # Every process together: encodings split across them.
@@ -263,6 +275,7 @@ def train(cfg, workdir: str | Path) -> dict[str, float]:
   start, total = int(state.step), cfg.train.steps
   last: dict[str, float] = {}
   good_step, t0 = start, time.perf_counter()
+  preempted = None
   try:
     bar = tqdm(total=total, initial=start, desc="train", disable=pid != 0)
     for step, local in zip(range(start, total), setup.pipe.iterate(start)):
@@ -290,6 +303,7 @@ def train(cfg, workdir: str | Path) -> dict[str, float]:
         logging.warning("Signal %s: saving step %d and stopping.", stop["signal"], done)
         _check_finite(state, good_step, done, ckpt)
         ckpt.save(done, state)
+        preempted = Preempted(stop["signal"], done, ckpt.directory)
         break
     else:
       _check_finite(state, good_step, total, ckpt)
@@ -298,7 +312,9 @@ def train(cfg, workdir: str | Path) -> dict[str, float]:
   finally:
     signal.signal(signal.SIGTERM, previous)
     writer.close()
-    ckpt.close()
+    ckpt.close()  # Waits for the last (async) save to finish.
+  if preempted is not None:
+    raise preempted
   return last
 
 
