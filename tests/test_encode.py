@@ -111,3 +111,16 @@ def test_module_fingerprint_ignores_execution_options_but_not_the_head(fixtures)
   for other in (Encoder(cfg, normalize=False), Encoder(cfg, normalize=True, pooling="cls"),
                 Encoder(cfg, normalize=True, dtype=jax.numpy.bfloat16), Encoder(cfg.with_layers(1), normalize=True)):
     assert enc.module_fingerprint(other) != base
+
+
+def test_cross_encoder_fingerprint_ignores_dropout_but_not_the_head(fixtures):
+  import dataclasses
+  from edistill.models.cross_encoder import CrossEncoder
+  cfg, _ = hf_import.load_params(fixtures / "tiny-bert")
+  base = enc.module_fingerprint(CrossEncoder(cfg, head="dual"))
+  no_dropout = dataclasses.replace(cfg, hidden_dropout=0.0, attention_dropout=0.0)
+  assert enc.module_fingerprint(CrossEncoder(no_dropout, head="dual")) == base
+  for other in (CrossEncoder(cfg, head="cls"), CrossEncoder(cfg, head="dual", normalize=False),
+                CrossEncoder(cfg.with_layers(1), head="dual")):
+    assert enc.module_fingerprint(other) != base
+  assert base != enc.module_fingerprint(Encoder(cfg, normalize=True))

@@ -265,3 +265,22 @@ def test_write_beir_rejects_ids_that_would_corrupt_the_tsv(tmp_path):
   with pytest.raises(DataError, match="query id ''"):
     write_beir(tmp_path / "y", [Document("d", "text")], {"": "t"}, {"test": {}})
   assert not (tmp_path / "x").exists()
+
+
+def test_atomic_file_replaces_whole_or_not_at_all(tmp_path):
+  import os
+
+  import numpy as np
+  path = tmp_path / "sub" / "table.npz"
+  with formats.atomic_file(path) as tmp:
+    assert tmp.parent == path.parent and tmp.name == f"table.{os.getpid()}.tmp.npz"  # Per process, same suffix.
+    np.savez(tmp, x=np.arange(3))
+  with np.load(path) as z:
+    np.testing.assert_array_equal(z["x"], [0, 1, 2])
+  with pytest.raises(RuntimeError, match="disk full"):
+    with formats.atomic_file(path) as tmp:
+      np.savez(tmp, x=np.arange(5))
+      raise RuntimeError("disk full")
+  with np.load(path) as z:  # The earlier file is intact; no temporary file is left behind.
+    np.testing.assert_array_equal(z["x"], [0, 1, 2])
+  assert sorted(p.name for p in path.parent.iterdir()) == ["table.npz"]

@@ -13,6 +13,7 @@ In memory:
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
 import hashlib
@@ -40,15 +41,30 @@ class Document:
   title: str = ""
 
 
-def _atomic_write_lines(path: Path, lines: Iterable[str]) -> None:
-  """Writes via a temporary sibling and a rename, so a crash never leaves a half-written file."""
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
+  """Yields a temporary sibling of ``path`` to write; on success renames it onto ``path``.
+
+  The rename is atomic, so readers see the old file or the whole new one, never a part. The name
+  carries the process id, so concurrent writers (runs sharing a cache) never write the same
+  temporary file, and it keeps ``path``'s suffix (``np.savez`` appends ``.npz`` otherwise). On an
+  error the temporary file is removed and ``path`` is left as it was.
+  """
+  path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(path.name + ".tmp")
-  with open(tmp, "w", encoding="utf-8") as f:
+  tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp{path.suffix}")
+  try:
+    yield tmp
+    os.replace(tmp, path)
+  finally:
+    tmp.unlink(missing_ok=True)
+
+
+def _atomic_write_lines(path: Path, lines: Iterable[str]) -> None:
+  with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
     for line in lines:
       f.write(line)
       f.write("\n")
-  os.replace(tmp, path)
 
 
 def file_sha256(path: str | os.PathLike) -> str:

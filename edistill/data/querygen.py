@@ -26,7 +26,7 @@ from typing import Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
-from edistill.data.formats import DataError
+from edistill.data.formats import DataError, atomic_file
 
 _SENTENCE = re.compile(r"(?<=[.!?;])\s+")
 
@@ -144,12 +144,9 @@ def cached(path: str | os.PathLike, make: Callable[[], list[GeneratedQuery]]) ->
     with open(path, encoding="utf-8") as f:
       return [GeneratedQuery(**json.loads(line)) for line in f]
   out = make()
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(path.name + ".tmp")
-  with open(tmp, "w", encoding="utf-8") as f:
+  with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
     for g in out:
       f.write(json.dumps(dataclasses.asdict(g), ensure_ascii=False) + "\n")
-  os.replace(tmp, path)
   return out
 
 

@@ -30,6 +30,7 @@ from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from edistill import distributed, mesh as mesh_lib, xla_options
+from edistill.data.formats import atomic_file
 from edistill.models import tokenization
 
 EncodeFn = Callable[[Any, np.ndarray, np.ndarray], jax.Array]  # (params, ids, mask) -> [B, D]
@@ -46,11 +47,16 @@ def params_fingerprint(params) -> str:
 
 
 def module_fingerprint(module) -> str:
-  """What, besides its parameters, fixes an Encoder's inference outputs: the architecture without
-  its training-only dropout rates, the head and the compute dtype. Execution options (``remat``)
-  and dropout are left out, so changing them (or adding such a field) keeps cached tables valid."""
+  """What, besides its parameters, fixes an Encoder's (or a CrossEncoder's) inference outputs: the
+  architecture without its training-only dropout rates, the head and the compute dtype. Execution
+  options (``remat``) and dropout are left out, so changing them (or adding such a field) keeps
+  cached tables valid."""
   arch = dataclasses.replace(module.config, hidden_dropout=0.0, attention_dropout=0.0)
-  return repr((arch, module.pooling, module.normalize, module.projection_dim, np.dtype(module.dtype).name))
+  if hasattr(module, "head"):  # CrossEncoder.
+    head = (module.head, module.normalize)
+  else:
+    head = (module.pooling, module.normalize, module.projection_dim)
+  return repr((arch, *head, np.dtype(module.dtype).name))
 
 
 def texts_fingerprint(texts: Sequence[str]) -> str:
@@ -154,10 +160,9 @@ def encode_cached(cache_dir: str | os.PathLike, key_fields: dict, fn: EncodeFn, 
   writer = not multihost or distributed.is_writer()
   key = cache_key(**key_fields, texts=texts_fingerprint(texts), ids=texts_fingerprint(ids), max_length=max_length)
   root = Path(cache_dir) / key
-  if writer:
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "key.json").write_text(json.dumps({**key_fields, "max_length": max_length, "count": len(ids)},
-                                              indent=2, default=str))
+  if writer and not (root / "key.json").is_file():  # What the directory holds, for people.
+    with atomic_file(root / "key.json") as tmp:
+      tmp.write_text(json.dumps({**key_fields, "max_length": max_length, "count": len(ids)}, indent=2, default=str))
   starts = range(0, len(ids), shard_size)
   cached = [_read_shard(root / f"shard_{s:05d}.npz", list(ids[start:start + shard_size]))
             for s, start in enumerate(starts)]
@@ -175,10 +180,9 @@ def encode_cached(cache_dir: str | os.PathLike, key_fields: dict, fn: EncodeFn, 
     path = root / f"shard_{s:05d}.npz"
     emb = encode_fn(fn, params, tokenizer, texts[start:start + shard_size], max_length,
                     desc=desc and f"{desc} (shard {s})", **kw)
-    if writer:
-      tmp = path.with_name(path.stem + ".tmp.npz")
-      np.savez(tmp, ids=np.array(list(ids[start:start + shard_size])), embeddings=emb)
-      os.replace(tmp, path)  # A killed run never leaves a partial shard under the final name.
+    if writer:  # A killed run never leaves a partial shard under the final name.
+      with atomic_file(path) as tmp:
+        np.savez(tmp, ids=np.array(list(ids[start:start + shard_size])), embeddings=emb)
     shards.append(emb)
   return list(ids), np.concatenate(shards)
 

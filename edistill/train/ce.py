@@ -33,6 +33,7 @@ from absl import logging
 from edistill import checkpoint, losses
 from edistill.config_lib import cache_root
 from edistill.data import pipeline
+from edistill.data.formats import atomic_file
 from edistill.eval import encode as encode_lib
 from edistill.eval import evaluator
 from edistill.models import cross_encoder as ce_lib
@@ -173,7 +174,7 @@ def teacher_outputs(model: ce_lib.CrossEncoder, params, tokenizer, data, example
   keys = q_rows.astype(np.int64) * len(data.doc_ids) + examples.docs
   unique, inverse = np.unique(keys.reshape(-1), return_inverse=True)
   uq, ud = unique // len(data.doc_ids), unique % len(data.doc_ids)
-  key = encode_lib.cache_key(model=encode_lib.params_fingerprint(params), module=repr(model),
+  key = encode_lib.cache_key(model=encode_lib.params_fingerprint(params), module=encode_lib.module_fingerprint(model),
                              queries=encode_lib.texts_fingerprint([data.query_texts[i] for i in uq]),
                              docs=encode_lib.texts_fingerprint([data.doc_texts[i] for i in ud]),
                              lengths=(max_query_length, max_doc_length))
@@ -185,10 +186,8 @@ def teacher_outputs(model: ce_lib.CrossEncoder, params, tokenizer, data, example
     pairs = ce_lib.tokenize_pairs(tokenizer, [data.query_texts[i] for i in uq], [data.doc_texts[i] for i in ud],
                                   max_query_length, max_doc_length)
     out = ce_lib.predict(model, params, pairs, batch_size, pooled=pooled, desc="cross-encoder teacher")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez(tmp, **out)
-    tmp.replace(path)
+    with atomic_file(path) as tmp:
+      np.savez(tmp, **out)
   return {k: v[inverse].reshape(*examples.docs.shape, *v.shape[1:]) for k, v in out.items()}
 
 
