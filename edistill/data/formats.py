@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import IO, Callable, Container, Hashable, Iterable, Iterator, Mapping, TypeVar
 
 from absl import logging
+from tqdm.auto import tqdm
 
 Qrels = dict[str, dict[str, int]]
 T = TypeVar("T")
@@ -67,11 +68,14 @@ def _atomic_write_lines(path: Path, lines: Iterable[str]) -> None:
       f.write("\n")
 
 
-def file_sha256(path: str | os.PathLike) -> str:
+def file_sha256(path: str | os.PathLike, desc: str | None = None) -> str:
+  """Hex sha256 of a file's bytes, read in 4 MiB chunks; ``desc`` shows a progress bar (big files)."""
   h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
+  with open(path, "rb") as f, tqdm(total=os.path.getsize(path), unit="B", unit_scale=True, desc=desc,
+                                   disable=desc is None) as bar:
+    for chunk in iter(lambda: f.read(1 << 22), b""):
       h.update(chunk)
+      bar.update(len(chunk))
   return h.hexdigest()
 
 

