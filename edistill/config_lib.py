@@ -11,7 +11,7 @@ from pathlib import Path
 
 import ml_collections
 
-MODES = ("train", "eval", "similarity")
+MODES = ("train", "eval", "precompute", "similarity")
 STUDENT_KINDS = ("tied", "untied", "asymmetric", "cross")  # "cross": train a cross-encoder (configs/cross_encoder.py)
 REMAT = ("none", "layer")
 SOURCES = ("stdlib", "wordnet_gcide", "debian", "beir", "msmarco", "dpr_nq")
@@ -149,7 +149,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   from edistill import distributed  # Its checks name the config.distributed.* keys.
   if "distributed" in cfg:
     distributed.validate(cfg.distributed)
-  if cfg.mode not in ("train", "eval"):
+  if cfg.mode == "similarity":
     return
   if cfg.teacher.mode not in ("precomputed", "online"):
     raise ValueError(f"config.teacher.mode={cfg.teacher.mode!r}; expected 'precomputed' or 'online'.")

@@ -1,6 +1,13 @@
 """edistill entry point.
 
-    python -m edistill.main --config configs/X.py[:arg] --workdir DIR [--config.field=value ...]
+    python -m edistill.main --config configs/X.py[:arg] --workdir DIR [--mode M] [--config.field=value ...]
+
+Modes (``--mode`` overrides ``config.mode``):
+  train       train (resuming from DIR's checkpoints), then evaluate if ``config.eval.at_end``
+  eval        evaluate DIR's latest checkpoint (or ``config.eval.checkpoint``) and the baselines
+  precompute  only fill the caches training reads: the dataset, the teacher's query/document tables
+              (split across hosts on a pod), pseudo-labels; a later ``train`` starts from them
+  similarity  encode the config's few sentences with teacher and student (configs/demo.py:similarity)
 """
 from __future__ import annotations
 
@@ -23,6 +30,7 @@ from edistill.models import zoo
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/X.py[:arg]).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
+_MODE = flags.DEFINE_enum("mode", None, list(config_lib.MODES), "Overrides config.mode.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -74,6 +82,9 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.get_absl_handler().addFilter(_QuietLibraries())
   config = _CONFIG.value
+  if _MODE.value:
+    with config.unlocked():
+      config.mode = _MODE.value
   config_lib.validate(config)
   host.tune_for_cpu_run()  # Before jax starts its threads (see host.py).
   distributed.initialize(config.get("distributed"))  # Before anything touches a JAX backend.
@@ -96,6 +107,9 @@ def main(argv):
         print(evaluate(config, workdir))
   elif config.mode == "eval":
     print(evaluate(config, workdir))
+  elif config.mode == "precompute":
+    from edistill.train import loop
+    print(loop.precompute(config))
 
 
 def evaluate(config, workdir: Path) -> str:

@@ -124,3 +124,14 @@ def test_sigterm_saves_the_step_and_exits_without_evaluating(tmp_path, tiny_mode
   assert len(saved) == 1 and saved[0] >= logged[-1] >= 2, (saved, logged)
   assert f"saved step {saved[0]}" in out
   assert not list(work.glob("results_*")), "a preempted run must not evaluate"
+
+
+def test_mode_flag_overrides_the_config_and_precompute_writes_no_checkpoint(tmp_path, tiny_models, isolated_cache):
+  models = [f"--config.teacher.name={tiny_models['mpnet']}", f"--config.student.name={tiny_models['bert']}",
+            "--config.teacher.num_layers=0", "--config.student.num_layers=0", "--config.data.corpus_size=300"]
+  out = _run(tmp_path, "--mode=precompute", *models, config="configs/ablation.py:row=qemb,runlocal")
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "precomputed for stdlib" in out.stdout and "teacher tables queries" in out.stdout
+  assert not (tmp_path / "work" / "checkpoints").exists()
+  bad = _run(tmp_path, "--mode=bogus", config="configs/ablation.py:row=qemb,runlocal")
+  assert bad.returncode != 0 and "--mode" in bad.stderr and "precompute" in bad.stderr

@@ -279,3 +279,17 @@ def test_unlabeled_queries_join_training_with_teacher_rows(tmp_path, tiny_models
   scores = more.teacher_params["queries"][more.pipe.examples.query[new]] @ more.teacher_params["docs"].T
   np.testing.assert_array_equal(more.pipe.examples.docs[new, 0], scores.argmax(1))
   assert np.isfinite(loop.train(cfg, tmp_path)["loss"])
+
+
+def test_precompute_fills_the_caches_that_training_then_reads(tmp_path, tiny_models, monkeypatch):
+  monkeypatch.setenv("EDISTILL_CACHE", str(tmp_path / "cache"))  # Empty: this test sees every encode.
+  cfg = _config(tiny_models, row="unlab", steps=1)
+  summary = loop.precompute(cfg)
+  assert "training examples" in summary and "teacher tables queries" in summary
+  from edistill.eval import encode as encode_lib
+
+  def no_encoding(*args, **kw):
+    raise AssertionError("train re-encoded something precompute should have cached")
+
+  monkeypatch.setattr(encode_lib, "encode", no_encoding)
+  assert np.isfinite(loop.train(cfg, tmp_path / "work")["loss"])

@@ -239,6 +239,18 @@ def build(cfg, process_index: int = 0, process_count: int = 1, multihost: bool =
   return Setup(pipe, student, teacher, teacher_params, params, student_pre.tokenizer, tx, loss)
 
 
+def precompute(cfg) -> str:
+  """Fills every cache ``train`` reads (dataset, teacher tables, pseudo-labels, lstsq encodings) and
+  returns a one-paragraph summary; on a pod every process calls it together (encodings are split)."""
+  nproc = jax.process_count()
+  setup = build(cfg, jax.process_index(), nproc, multihost=nproc > 1)
+  tables = setup.teacher_params if isinstance(setup.teacher_params, dict) else {}
+  shapes = ", ".join(f"{k} {tuple(np.shape(v))}" for k, v in tables.items() if k in ("queries", "docs"))
+  return (f"precomputed for {cfg.data.source}: {len(setup.pipe.examples)} training examples "
+          f"({setup.pipe.steps_per_epoch} steps per epoch at batch {cfg.train.batch_size})"
+          + (f"; teacher tables {shapes}" if shapes else "") + f"; cache {zoo.cache_dir()}.")
+
+
 def train(cfg, workdir: str | Path) -> dict[str, float]:
   """Runs (or resumes) training to ``cfg.train.steps``; returns the last logged metrics.
 
