@@ -11,7 +11,7 @@ from pathlib import Path
 
 import ml_collections
 
-MODES = ("train", "eval", "precompute", "similarity")
+MODES = ("train", "eval", "precompute", "export", "similarity")
 STUDENT_KINDS = ("tied", "untied", "asymmetric", "cross")  # "cross": train a cross-encoder (configs/cross_encoder.py)
 REMAT = ("none", "layer")
 SOURCES = ("stdlib", "wordnet_gcide", "debian", "beir", "msmarco", "dpr_nq")

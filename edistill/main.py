@@ -7,6 +7,8 @@ Modes (``--mode`` overrides ``config.mode``):
   eval        evaluate DIR's latest checkpoint (or ``config.eval.checkpoint``) and the baselines
   precompute  only fill the caches training reads: the dataset, the teacher's query/document tables
               (split across hosts on a pod), pseudo-labels; a later ``train`` starts from them
+  export      write the trained student's towers (DIR's latest checkpoint or ``config.eval.checkpoint``)
+              to DIR/export/<tower> as HF + sentence-transformers directories
   similarity  encode the config's few sentences with teacher and student (configs/demo.py:similarity)
 """
 from __future__ import annotations
@@ -69,6 +71,35 @@ def run_similarity(config, workdir: Path) -> str:
   return text
 
 
+def run_export(config, workdir) -> str:
+  """The trained student's towers as HF + sentence-transformers directories under ``workdir/export``."""
+  from edistill import checkpoint
+  from edistill.models import dual_encoder, hf_import
+  if "://" in str(workdir):
+    raise ValueError(f"--mode export writes to a local directory; {workdir} is not one.")
+  ckpt = checkpoint.Checkpointer(epath.Path(config.eval.checkpoint) if config.eval.checkpoint
+                                 else workdir / "checkpoints")
+  try:
+    step, params = ckpt.latest_step(), ckpt.restore_params()
+  finally:
+    ckpt.close()
+  pre = zoo.load_from_config(config.student)
+  kind = config.student.kind
+  student = dual_encoder.DualEncoder(pre.module, pre.module if kind == "untied" else None, kind)
+  manifest = {"step": step, "student": config.student.name, "kind": kind, "towers": {}}
+  for name, (module, tower_params) in dual_encoder.standalone_towers(student, params).items():
+    head = hf_import.HeadConfig(module.pooling, module.normalize, module.projection_dim, module.normalize_first)
+    max_len = config.data.max_doc_length if name == "doc_encoder" else config.data.max_query_length
+    out = hf_import.export(tower_params, module.config, head, Path(workdir) / "export" / name, pre.path, max_len)
+    manifest["towers"][name] = str(out)
+  if kind == "asymmetric":  # Its query vectors live in the teacher's document space.
+    manifest["documents"] = {"encoder": config.teacher.name, "max_length": config.data.max_doc_length,
+                             "note": "encode documents with this teacher (the student has no document tower)"}
+  if distributed.is_writer():
+    (Path(workdir) / "export" / "edistill_export.json").write_text(json.dumps(manifest, indent=2))
+  return json.dumps(manifest, indent=2)
+
+
 class _QuietLibraries(std_logging.Filter):
   """Drops INFO chatter from Orbax and JAX internals (one line per checkpoint phase); keeps warnings."""
 
@@ -107,6 +138,8 @@ def main(argv):
         print(evaluate(config, workdir))
   elif config.mode == "eval":
     print(evaluate(config, workdir))
+  elif config.mode == "export":
+    print(run_export(config, workdir))
   elif config.mode == "precompute":
     from edistill.train import loop
     print(loop.precompute(config))

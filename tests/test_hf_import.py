@@ -146,6 +146,36 @@ def test_export_round_trip_keeps_head_and_embeddings(tmp_path, fixtures):
   assert [m["type"].rsplit(".", 1)[1] for m in modules] == ["Transformer", "Pooling", "Dense", "Normalize"]
 
 
+def test_normalize_first_head_is_projection_of_the_unit_vector_and_round_trips(tmp_path, fixtures):
+  ref = np.load(fixtures / "tiny_reference.npz")
+  ids, mask = ref["bert_input_ids"], ref["bert_attention_mask"]
+  cfg, params = hf_import.load_params(fixtures / "tiny-bert")
+  head = hf_import.HeadConfig(pooling="mean", normalize=True, projection_dim=5, normalize_first=True)
+  module = encoder.Encoder(cfg, head.pooling, head.normalize, head.projection_dim, normalize_first=True)
+  params["projection"] = jax.tree.map(np.asarray, module.init(jax.random.key(4), ids[:1], mask[:1])["params"]["projection"])
+  got = np.asarray(module.apply({"params": params}, ids, mask))
+  pooled = np.asarray(encoder.Encoder(cfg, "mean").apply({"params": params}, ids, mask), np.float64)
+  unit = pooled / np.linalg.norm(pooled, axis=-1, keepdims=True)
+  np.testing.assert_allclose(got, unit @ params["projection"]["kernel"] + params["projection"]["bias"], atol=1e-5)
+  assert not np.allclose(np.linalg.norm(got, axis=-1), 1.0)  # Not re-normalised after the projection.
+
+  out = hf_import.export(params, cfg, head, tmp_path / "export", tokenizer_dir=fixtures / "tiny-bert")
+  modules = json.loads((out / "modules.json").read_text())
+  assert [m["type"].rsplit(".", 1)[1] for m in modules] == ["Transformer", "Pooling", "Normalize", "Dense"]
+  assert hf_import.read_head(out) == head
+  cfg2, params2 = hf_import.load_params(out)
+  params2["projection"] = hf_import.load_head_params(out, head, cfg2.hidden_size)
+  np.testing.assert_array_equal(got, np.asarray(module.apply({"params": params2}, ids, mask)))
+
+
+def test_read_head_rejects_two_normalize_modules(tmp_path):
+  modules = [{"idx": i, "name": str(i), "path": p, "type": f"sentence_transformers.models.{t}"}
+             for i, (p, t) in enumerate([("", "Transformer"), ("1_Normalize", "Normalize"), ("2_Normalize", "Normalize")])]
+  (tmp_path / "modules.json").write_text(json.dumps(modules))
+  with pytest.raises(hf_import.CheckpointError, match="more than one Normalize"):
+    hf_import.read_head(tmp_path)
+
+
 def test_export_replaces_an_existing_export_atomically(tmp_path, fixtures):
   cfg, params = hf_import.load_params(fixtures / "tiny-bert")
   out = tmp_path / "export"

@@ -135,3 +135,48 @@ def test_mode_flag_overrides_the_config_and_precompute_writes_no_checkpoint(tmp_
   assert not (tmp_path / "work" / "checkpoints").exists()
   bad = _run(tmp_path, "--mode=bogus", config="configs/ablation.py:row=qemb,runlocal")
   assert bad.returncode != 0 and "--mode" in bad.stderr and "precompute" in bad.stderr
+
+
+def test_export_mode_writes_the_asymmetric_query_tower_as_the_model_retrieval_used(tmp_path, tiny_models,
+                                                                                 isolated_cache):
+  import json
+
+  import jax
+  import numpy as np
+
+  from edistill import main
+  from edistill.eval import suite
+  from edistill.models import zoo
+  from edistill.train import loop
+  from edistill.models import hf_import
+  # A teacher with a 6-d Dense head, so the student (hidden 32) needs a query projection.
+  tpre = zoo.load(tiny_models["mpnet"], projection_dim=6)
+  tpre.params["projection"] = jax.tree.map(np.asarray, tpre.module.init(
+      jax.random.key(0), np.ones((1, 4), np.int32), np.ones((1, 4), np.int32))["params"]["projection"])
+  teacher = hf_import.export(tpre.params, tpre.config, tpre.head, tmp_path / "teacher6", tiny_models["mpnet"])
+  cfg = config_lib.load_config(f"{ROOT / 'configs' / 'ablation.py'}:row=qemb,runlocal")
+  cfg.teacher.name, cfg.student.name = str(teacher), str(tiny_models["bert"])
+  cfg.teacher.num_layers = cfg.student.num_layers = 0
+  cfg.data.corpus_size = 300
+  work = tmp_path / "work"
+  loop.train(cfg, work)
+  manifest = json.loads(main.run_export(cfg, work))
+  assert manifest["kind"] == "asymmetric" and manifest["step"] == cfg.train.steps
+  assert manifest["documents"]["encoder"] == str(teacher)
+  assert json.loads((work / "export" / "edistill_export.json").read_text()) == manifest
+
+  from edistill import checkpoint
+  c = checkpoint.Checkpointer(work / "checkpoints")
+  params = c.restore_params()
+  c.close()
+  assert "query_projection" in params  # The tiny teacher is wider: the projection is folded in.
+  spre = zoo.load_from_config(cfg.student)
+  model = suite.student_model(cfg, spre, params, teacher_docs=np.zeros((1, 1)))
+  texts = ["the cat sat", "a dog ran far away", "cats"]
+  batch = spre.tokenize(texts, 16)
+  expected = np.asarray(model.query_fn(model.query_params, batch["input_ids"], batch["attention_mask"]))
+  exported = zoo.load(manifest["towers"]["query_encoder"])
+  assert exported.module.normalize_first and exported.module.projection_dim == expected.shape[1]
+  got = np.asarray(exported.module.apply({"params": jax.device_put(exported.params)}, batch["input_ids"],
+                                         batch["attention_mask"]))
+  np.testing.assert_allclose(got, expected, atol=1e-6)

@@ -56,6 +56,8 @@ def module_fingerprint(module) -> str:
     head = (module.head, module.normalize)
   else:
     head = (module.pooling, module.normalize, module.projection_dim)
+    if module.normalize_first and module.normalize and module.projection_dim:  # Old keys stay valid.
+      head += ("normalize_first",)
   return repr((arch, *head, np.dtype(module.dtype).name))
 
 

@@ -72,3 +72,26 @@ def init_projection(rng: jax.Array, in_dim: int, out_dim: int) -> dict[str, jax.
   """
   kernel = jax.nn.initializers.lecun_normal()(rng, (in_dim, out_dim), jnp.float32)
   return {"kernel": kernel, "bias": jnp.zeros((out_dim,), jnp.float32)}
+
+
+def standalone_towers(student: DualEncoder, params) -> dict[str, tuple[Encoder, dict]]:
+  """Each trained tower as one plain ``Encoder`` and its params, computing what retrieval uses.
+
+  tied: ``{"encoder"}``; untied: ``{"query_encoder", "doc_encoder"}``; asymmetric:
+  ``{"query_encoder"}`` with ``query_projection`` folded in as the Encoder's projection head, after
+  the tower's own normalisation (``normalize_first``): documents stay with the teacher. A tied or
+  untied student's projections only served embedding matching during training and are left out.
+  """
+  query = student.query_encoder.clone(remat=False)
+  if student.kind == "tied":
+    return {"encoder": (query, params["query_tower"])}
+  if student.kind == "untied":
+    return {"query_encoder": (query, params["query_tower"]),
+            "doc_encoder": (student.doc_encoder.clone(remat=False), params["doc_tower"])}
+  projection = params.get("query_projection")
+  if projection is None:  # Same width as the teacher: no projection was needed.
+    return {"query_encoder": (query, params["query_tower"])}
+  if query.projection_dim:
+    raise ValueError("cannot fold query_projection into a query tower that has its own projection head.")
+  folded = query.clone(projection_dim=int(projection["kernel"].shape[1]), normalize_first=query.normalize)
+  return {"query_encoder": (folded, {**params["query_tower"], "projection": projection})}

@@ -297,13 +297,16 @@ def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
 
 
 class Encoder(nn.Module):
-  """Text encoder: transformer -> pooling -> optional projection -> optional L2 normalisation.
+  """Text encoder: transformer -> pooling -> optional projection -> optional L2 normalisation
+  (or, with ``normalize_first``, pooling -> L2 normalisation -> projection).
 
   Attributes:
     config: the architecture.
     pooling: "mean" (masked mean of the last layer) or "cls" (first token).
     normalize: L2-normalise the output embedding.
     projection_dim: if set, a linear head ``H -> projection_dim`` after pooling.
+    normalize_first: normalise before the projection instead of after it (an asymmetric student's
+      query tower: its own normalised embedding, then the learnt map into the teacher's space).
     dtype: compute dtype (float32 or bfloat16); parameters stay float32.
     remat: recompute each layer's activations in the backward pass instead of storing them
       (``nn.remat`` per layer: activation memory of one layer, ~1/3 more compute; same values).
@@ -315,6 +318,7 @@ class Encoder(nn.Module):
   projection_dim: int | None = None
   dtype: Any = jnp.float32
   remat: bool = False
+  normalize_first: bool = False
 
   def setup(self):
     if self.pooling not in POOLINGS:
@@ -347,6 +351,8 @@ class Encoder(nn.Module):
     """Sentence embeddings ``[B, D]`` float32."""
     states = self.encode_tokens(input_ids, attention_mask, token_type_ids, deterministic)
     emb = pool(states, attention_mask, self.pooling)
+    if self.normalize and self.normalize_first:
+      return self.projection(l2_normalize(emb)) if self.projection_dim else l2_normalize(emb)
     if self.projection_dim:
       emb = self.projection(emb)
     return l2_normalize(emb) if self.normalize else emb

@@ -41,6 +41,7 @@ class HeadConfig:
   pooling: str = "mean"
   normalize: bool = False
   projection_dim: int | None = None
+  normalize_first: bool = False  # Normalize module before the Dense one (see Encoder).
 
 
 # ------------------------------------------------------------------------------------- config
@@ -113,7 +114,7 @@ def read_head(ckpt_dir: str | Path) -> HeadConfig:
   modules_path = ckpt_dir / "modules.json"
   if not modules_path.is_file():
     return HeadConfig()
-  pooling, normalize, proj = "mean", False, None
+  pooling, normalize, proj, normalize_first = "mean", False, None, False
   for module in json.loads(modules_path.read_text()):
     kind = module.get("type", "")
     sub = ckpt_dir / module.get("path", "")
@@ -130,10 +131,15 @@ def read_head(ckpt_dir: str | Path) -> HeadConfig:
       if not dcfg.get("activation_function", "").endswith("Identity"):
         raise CheckpointError(f"{sub}: only a linear Dense head is supported, got activation "
                               f"{dcfg.get('activation_function')!r}.")
+      if proj is not None:
+        raise CheckpointError(f"{modules_path}: more than one Dense module is not supported.")
       proj = int(dcfg["out_features"])
     elif kind.endswith("Normalize"):
+      if normalize:
+        raise CheckpointError(f"{modules_path}: more than one Normalize module is not supported.")
       normalize = True
-  return HeadConfig(pooling, normalize, proj)
+      normalize_first = proj is None
+  return HeadConfig(pooling, normalize, proj, normalize_first=normalize_first and proj is not None)
 
 
 # ------------------------------------------------------------------------------------- tensors
@@ -365,8 +371,16 @@ def export(params: Params, cfg: TransformerConfig, head: HeadConfig, out_dir: st
       "pooling_mode_max_tokens": False,
       "pooling_mode_mean_sqrt_len_tokens": False}, indent=2))
   modules.append({"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"})
+
+  def add_normalize():
+    (tmp / f"{len(modules)}_Normalize").mkdir()
+    modules.append({"idx": len(modules), "name": str(len(modules)), "path": f"{len(modules)}_Normalize",
+                    "type": "sentence_transformers.models.Normalize"})
+
+  if head.normalize and head.normalize_first:
+    add_normalize()
   if head.projection_dim:
-    d = tmp / "2_Dense"
+    d = tmp / f"{len(modules)}_Dense"
     d.mkdir()
     proj = params["projection"]
     safetensors.numpy.save_file({"linear.weight": np.ascontiguousarray(np.asarray(proj["kernel"], np.float32).T),
@@ -375,11 +389,10 @@ def export(params: Params, cfg: TransformerConfig, head: HeadConfig, out_dir: st
     (d / "config.json").write_text(json.dumps({
         "in_features": cfg.hidden_size, "out_features": head.projection_dim, "bias": True,
         "activation_function": "torch.nn.modules.linear.Identity"}))
-    modules.append({"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"})
-  if head.normalize:
-    (tmp / f"{len(modules)}_Normalize").mkdir()
-    modules.append({"idx": len(modules), "name": str(len(modules)), "path": f"{len(modules)}_Normalize",
-                    "type": "sentence_transformers.models.Normalize"})
+    modules.append({"idx": len(modules), "name": str(len(modules)), "path": d.name,
+                    "type": "sentence_transformers.models.Dense"})
+  if head.normalize and not head.normalize_first:
+    add_normalize()
   (tmp / "modules.json").write_text(json.dumps(modules, indent=2))
   if out_dir.exists():
     old = out_dir.with_name(out_dir.name + ".old")

@@ -163,11 +163,12 @@ def load(name_or_path: str | os.PathLike, *, num_layers: int | None = None, pool
   head = hf_import.HeadConfig(
       pooling=pooling or stored.pooling,
       normalize=stored.normalize if normalize is None else normalize,
-      projection_dim=stored.projection_dim if projection_dim is None else (projection_dim or None))
+      projection_dim=stored.projection_dim if projection_dim is None else (projection_dim or None),
+      normalize_first=stored.normalize_first)
   if head.projection_dim and head.projection_dim == stored.projection_dim:
     params["projection"] = hf_import.load_head_params(path, stored, cfg.hidden_size)
   module = Encoder(cfg, pooling=head.pooling, normalize=head.normalize,
-                   projection_dim=head.projection_dim, dtype=dtype)
+                   projection_dim=head.projection_dim, dtype=dtype, normalize_first=head.normalize_first)
   return Pretrained(path, cfg, head, module, params, tokenization.load_tokenizer(path))
 
 
