@@ -12,6 +12,9 @@ rows (each adds one component to the previous):
   unlab   + 8,000 real unlabeled training queries (train-split WordNet glosses whose GCIDE entries
           are outside the 2k-document corpus), labeled by the teacher's top-1 document
 students: l6 = all-MiniLM-L6-v2 (22.7M), l2 = its first 2 layers (~11M with embeddings).
+scale knobs (defaults: the rows above): ``steps``; ``unlabeled`` = how many unlabeled queries the
+``unlab`` row draws (more than the pool holds takes them all); ``pool=wordnet_all`` adds every other
+WordNet gloss to the pool (~104k instead of ~36k; config.data.unlabeled_pool).
 
 Data: WordNet -> GCIDE, a ``corpus``-document slice (default 2,000), documents cut to 64 tokens.
 Training: batch 32, AdamW, no dropout (the teacher's targets are the regulariser), ``steps`` and
@@ -24,7 +27,8 @@ STUDENTS = {"l6": (0, 300, 2e-4), "l2": (2, 600, 5e-4)}  # num_layers (0 = all),
 
 
 def get_config(arg=None):
-  args = config_lib.parse_arg(arg, row="qemb", student="l6", corpus=2000, steps=0, runlocal=False)
+  args = config_lib.parse_arg(arg, row="qemb", student="l6", corpus=2000, steps=0, unlabeled=8000, pool="slice",
+                              runlocal=False)
   if args.row not in ROWS:
     raise ValueError(f"row={args.row!r}; expected one of {ROWS}.")
   if args.student not in STUDENTS:
@@ -43,8 +47,9 @@ def get_config(arg=None):
   if rank >= ROWS.index("qgen"):
     cfg.querygen.ratio = 0.5
   if rank >= ROWS.index("unlab"):
-    cfg.data.unlabeled_queries = 8000
+    cfg.data.unlabeled_queries, cfg.data.unlabeled_pool = args.unlabeled, args.pool
   if args.runlocal:
     config_lib.runlocal(cfg)
     cfg.data.unlabeled_queries = min(cfg.data.unlabeled_queries, 40)
+    cfg.data.unlabeled_pool = "slice"  # stdlib data: its own pool.
   return cfg

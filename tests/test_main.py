@@ -59,12 +59,16 @@ def test_unknown_preset_argument_is_named(tmp_path):
     ("querygen.ratio", 1.0, "config.querygen.ratio=1.0"),
     ("teacher.mode", "telepathic", "config.teacher.mode='telepathic'"),
     ("student.dropout", 1.0, "config.student.dropout=1.0"),
+    ("data.unlabeled_pool", "everything", "config.data.unlabeled_pool='everything'"),
+    ("data.unlabeled_path", "q.jsonl", "config.data.unlabeled_path"),  # Only when a pool is chosen, below.
 ])
 def test_validation_names_the_key(key, value, message):
   cfg = config_lib.base_config()
   config_lib.validate(cfg)
   section, field = key.rsplit(".", 1) if "." in key else (None, key)
   (cfg[section] if section else cfg)[field] = value
+  if key == "data.unlabeled_path":
+    cfg.data.unlabeled_pool = "wordnet_all"
   with pytest.raises(ValueError, match=re.escape(message)):
     config_lib.validate(cfg)
 

@@ -207,6 +207,19 @@ def test_wordnet_gcide_collection(tmp_path):
   assert col.manifest["queries_dropped"] == {"filtered": 2, "no_gcide_headword": 1}
 
 
+def test_other_glosses_are_every_long_enough_gloss_outside_the_collection(tmp_path):
+  (tmp_path / "data.noun").write_text(DATA_NOUN)
+  (tmp_path / "data.verb").write_text(
+      "00001740 29 v 01 breathe 0 001 $ 00001740 v 0000 | draw air into, and expel out of, the lungs\n"
+      "00002000 29 v 01 nap 0 000 | sleep briefly\n")
+  col_queries = ["n02084071", "n07739125", "n09213565"]  # test_wordnet_gcide_collection's queries.
+  got = sources.other_glosses(tmp_path, set(col_queries), pos=("noun", "verb"))
+  # Kennel (no GCIDE entry) and cat (names its lemma) join; the three-word glosses do not.
+  assert got == {"n03123456": "a shelter for a dog",
+                 "n02121620": "feline mammal usually having thick soft fur; any true cat",
+                 "v00001740": "draw air into, and expel out of, the lungs"}
+
+
 # --- Debian -------------------------------------------------------------------------------------
 
 TRANSLATION = """\

@@ -95,3 +95,11 @@ def test_stdlib_benchmark_flows_from_builder_through_tfds_into_batches(tmp_path)
   tok = tokenization.load_tokenizer(write_wordpiece_vocab(tmp_path))
   p = pipeline.from_retrieval_set(train, tok, tok, 16, 32, global_batch_size=8)
   assert p.batch(0)["doc_input_ids"].shape == (8, 1, 32)
+
+
+def test_unlabeled_pool_is_checked_before_anything_is_built(tmp_path):
+  with pytest.raises(ValueError, match="unlabeled_pool='everything'"):
+    tfds_builders.unlabeled_queries("wordnet_gcide", corpus_size=2000, pool="everything", cache=tmp_path)
+  with pytest.raises(ValueError, match="unlabeled_pool='wordnet_all' needs data.source='wordnet_gcide'"):
+    tfds_builders.unlabeled_queries("stdlib", corpus_size=300, pool="wordnet_all", cache=tmp_path)
+  assert not list(tmp_path.iterdir())

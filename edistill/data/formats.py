@@ -79,6 +79,11 @@ def file_sha256(path: str | os.PathLike, desc: str | None = None) -> str:
   return h.hexdigest()
 
 
+def write_queries(path: str | os.PathLike, queries: Mapping[str, str]) -> None:
+  """A BEIR ``queries.jsonl`` (``{"_id", "text"}`` per line), written atomically."""
+  _atomic_write_lines(Path(path), (json.dumps({"_id": q, "text": t}, ensure_ascii=False) for q, t in queries.items()))
+
+
 def write_beir(out_dir: str | os.PathLike, corpus: Iterable[Document], queries: Mapping[str, str],
                qrels: Mapping[str, Qrels], manifest: Mapping | None = None,
                unlabeled: Mapping[str, str] | None = None) -> Path:
@@ -99,15 +104,13 @@ def write_beir(out_dir: str | os.PathLike, corpus: Iterable[Document], queries: 
       raise DataError(f"{out}: {kind} id {bad!r} is empty or contains a tab/newline.")
   _atomic_write_lines(out / "corpus.jsonl", (json.dumps({"_id": d.doc_id, "title": d.title, "text": d.text},
                                                         ensure_ascii=False) for d in docs))
-  _atomic_write_lines(out / "queries.jsonl", (json.dumps({"_id": q, "text": t}, ensure_ascii=False)
-                                              for q, t in queries.items()))
+  write_queries(out / "queries.jsonl", queries)
   for split, split_qrels in qrels.items():
     rows = (f"{q}\t{d}\t{r}" for q, ds in split_qrels.items() for d, r in ds.items())
     _atomic_write_lines(out / "qrels" / f"{split}.tsv", ["query-id\tcorpus-id\tscore", *rows])
   files = ["corpus.jsonl", "queries.jsonl", *(f"qrels/{s}.tsv" for s in qrels)]
   if unlabeled is not None:
-    _atomic_write_lines(out / "unlabeled_queries.jsonl", (json.dumps({"_id": q, "text": t}, ensure_ascii=False)
-                                                          for q, t in unlabeled.items()))
+    write_queries(out / "unlabeled_queries.jsonl", unlabeled)
     files.append("unlabeled_queries.jsonl")
   full = {
       **(manifest or {}),

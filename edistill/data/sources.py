@@ -43,7 +43,7 @@ import sysconfig
 import textwrap
 import warnings
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Callable, Container, Iterable, Iterator, Mapping, Sequence
 
 from absl import logging
 from tqdm.auto import tqdm
@@ -479,6 +479,32 @@ def build_wordnet_gcide_from(wordnet_dir: Path, index_path: Path, dict_path: Pat
   manifest = {"queries_dropped": dict(sorted(dropped.items()))}
   logging.info("wordnet_gcide: %d documents, %d queries (%s dropped)", len(corpus), len(queries), dict(dropped))
   return Collection(corpus, queries, qrels, manifest)
+
+
+def other_glosses(wordnet_dir: Path, exclude: Container[str],
+                  pos: Sequence[str] = ("noun", "verb", "adj", "adv")) -> dict[str, str]:
+  """{synset id: gloss definition} of every WordNet synset not in ``exclude`` (pass the collection's
+  query ids) with a definition of at least ``MIN_QUERY_WORDS`` words, in file order.
+
+  Real dictionary-style text in no split of the benchmark (nouns without a GCIDE entry or whose
+  gloss names their own lemma, and all verbs, adjectives and adverbs): unlabeled queries for the
+  label-free losses, pseudo-labelled by the teacher.
+  """
+  out = {}
+  for p in pos:
+    with open(Path(wordnet_dir) / f"data.{p}", encoding="utf-8") as f:
+      for syn in parse_wordnet_data(f):
+        text = gloss_definition(syn.gloss)
+        if syn.synset_id not in exclude and len(text.split()) >= MIN_QUERY_WORDS:
+          out[syn.synset_id] = text
+  return out
+
+
+def wordnet_gloss_pool(root: Path | None = None) -> dict[str, str]:
+  """``other_glosses`` of the packaged WordNet, excluding every query of the full WordNet -> GCIDE
+  collection (so no train, dev or test query of any slice)."""
+  debs = fetch_debs(["wordnet-base"], (root or cache_dir()) / "debs")
+  return other_glosses(debs["wordnet-base"][0] / "usr/share/wordnet", set(build_wordnet_gcide(root=root).queries))
 
 
 def build_wordnet_gcide(pos: Sequence[str] = ("noun",), root: Path | None = None) -> Collection:

@@ -236,14 +236,25 @@ def _build_offline(source: str, raw: Path, corpus_size: int, seed: int) -> None:
   sources.build(source, raw, seed=seed, corpus_size=corpus_size or None, train_share=0.5 if corpus_size else 0.0)
 
 
+UNLABELED_POOLS = ("slice", "wordnet_all")
+
+
 def unlabeled_queries(source: str, path: str = "", corpus_size: int = 0, seed: int = 0, errors: str = "raise",
-                      unlabeled_path: str = "", cache: str | os.PathLike | None = None) -> dict[str, str]:
+                      unlabeled_path: str = "", cache: str | os.PathLike | None = None,
+                      pool: str = "slice") -> dict[str, str]:
   """{query id: text} of unlabeled training queries, in file order.
 
   ``unlabeled_path`` names a queries file (BEIR ``.jsonl`` or MS MARCO ``.tsv``, optionally ``.gz``);
   without it an offline benchmark built with a ``corpus_size`` supplies the train queries whose
-  relevant documents fell outside the subset (``unlabeled_queries.jsonl`` beside its queries).
+  relevant documents fell outside the subset (``unlabeled_queries.jsonl`` beside its queries), and
+  for WordNet -> GCIDE ``pool="wordnet_all"`` adds every other WordNet gloss
+  (``sources.wordnet_gloss_pool``; written once as ``unlabeled_wordnet_all.jsonl`` beside it).
   """
+  if pool not in UNLABELED_POOLS:
+    raise ValueError(f"config.data.unlabeled_pool={pool!r}; expected one of {UNLABELED_POOLS}.")
+  if pool != "slice" and (unlabeled_path or source != "wordnet_gcide"):
+    raise ValueError(f"config.data.unlabeled_pool={pool!r} needs data.source='wordnet_gcide' and no "
+                     f"data.unlabeled_path (got source={source!r}, unlabeled_path={unlabeled_path!r}).")
   if not unlabeled_path:
     from edistill.data import sources
     if source not in sources.SOURCES or not corpus_size:
@@ -254,6 +265,11 @@ def unlabeled_queries(source: str, path: str = "", corpus_size: int = 0, seed: i
     unlabeled_path = raw / "unlabeled_queries.jsonl"
     if not unlabeled_path.is_file():  # Built by an older edistill: rebuild (deterministic, same files).
       _build_offline(source, raw, corpus_size, seed)
+    if pool == "wordnet_all":
+      own, unlabeled_path = formats.read_beir_queries(unlabeled_path, errors=errors), raw / "unlabeled_wordnet_all.jsonl"
+      if not unlabeled_path.is_file():
+        queries = {**own, **sources.wordnet_gloss_pool()}
+        formats.write_queries(unlabeled_path, queries)
   name = str(unlabeled_path).removesuffix(".gz")
   if name.endswith(".jsonl"):
     return formats.read_beir_queries(unlabeled_path, errors=errors)

@@ -154,7 +154,7 @@ def with_unlabeled(cfg, data, tpre, tables: dict[str, np.ndarray], multihost: bo
   (``multihost``: as in ``build``)."""
   d = cfg.data
   pool = _process0_first_if(multihost, lambda: tfds_builders.unlabeled_queries(
-      d.source, d.path, d.corpus_size, cfg.seed, d.errors, d.unlabeled_path), "unlabeled")
+      d.source, d.path, d.corpus_size, cfg.seed, d.errors, d.unlabeled_path, pool=d.unlabeled_pool), "unlabeled")
   pool_ids = sorted(pool)
   pick = np.sort(np.random.default_rng([cfg.seed, 11]).permutation(len(pool_ids))[:cfg.data.unlabeled_queries])
   ids = [pool_ids[i] for i in pick]
