@@ -77,6 +77,8 @@ def run_export(config, workdir) -> str:
   from edistill.models import dual_encoder, hf_import
   if "://" in str(workdir):
     raise ValueError(f"--mode export writes to a local directory; {workdir} is not one.")
+  if jax.process_count() > 1:
+    raise ValueError("--mode export runs in one process: start it on one host, without config.distributed.")
   ckpt = checkpoint.Checkpointer(epath.Path(config.eval.checkpoint) if config.eval.checkpoint
                                  else workdir / "checkpoints")
   try:
@@ -95,8 +97,7 @@ def run_export(config, workdir) -> str:
   if kind == "asymmetric":  # Its query vectors live in the teacher's document space.
     manifest["documents"] = {"encoder": config.teacher.name, "max_length": config.data.max_doc_length,
                              "note": "encode documents with this teacher (the student has no document tower)"}
-  if distributed.is_writer():
-    (Path(workdir) / "export" / "edistill_export.json").write_text(json.dumps(manifest, indent=2))
+  (Path(workdir) / "export" / "edistill_export.json").write_text(json.dumps(manifest, indent=2))
   return json.dumps(manifest, indent=2)
 
 
