@@ -1,0 +1,89 @@
+"""How far the 2-layer asymmetric student gets with more unlabeled queries and steps (issue 6).
+
+    .venv/bin/python benchmarks/unlab_scale.py --out runs/unlab_scale [--student l2]
+
+Each point is the ablation's ``unlab`` row (configs/ablation.py) at a larger scale, run with
+``python -m edistill.main --config configs/ablation.py:row=unlab,student=S,unlabeled=N,steps=T,pool=P``
+(a workdir that already holds ``results_test.json`` is reused). Writes ``unlab_scale.md`` (the table)
+and ``unlab_scale.png`` (test MRR@10 per point, the teacher and 97 % of it) into ``--out``.
+Needs matplotlib (the `bench` extra).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+METRICS = ("mrr@10", "recall@10", "recall@100", "ndcg@10")
+# (unlabeled queries drawn, steps, pool); more than the pool holds takes all of it.
+POINTS = ((8000, 600, "slice"), (30000, 2000, "slice"), (40000, 4000, "slice"), (200000, 8000, "wordnet_all"))
+
+
+def spec(student: str, unlabeled: int, steps: int, pool: str) -> str:
+  return f"configs/ablation.py:row=unlab,student={student},unlabeled={unlabeled},steps={steps},pool={pool}"
+
+
+def run_point(out: Path, student: str, unlabeled: int, steps: int, pool: str) -> dict:
+  workdir = out / f"unlab_{student}_u{unlabeled}_s{steps}_{pool}"
+  results = workdir / "results_test.json"
+  if not results.is_file():
+    cmd = [sys.executable, "-m", "edistill.main", "--config", spec(student, unlabeled, steps, pool),
+           "--workdir", str(workdir)]
+    print("+", " ".join(cmd), flush=True)
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    (workdir / "wall_s.txt").write_text(f"{time.perf_counter() - start:.0f}\n")
+  rows = json.loads(results.read_text())
+  wall = workdir / "wall_s.txt"
+  return {**rows, "point": (unlabeled, steps, pool), "wall_min": float(wall.read_text()) / 60 if wall.is_file() else float("nan")}
+
+
+def table(points: list[dict]) -> str:
+  lines = ["| unlabeled drawn | pool | steps | " + " | ".join(METRICS) + " | % teacher MRR@10 | run (min) |",
+           "|---" * (len(METRICS) + 5) + "|"]
+  for p in points:
+    (n, steps, pool), s, t = p["point"], p["student"], p["teacher"]
+    lines.append(f"| {n:,} | {pool} | {steps:,} | " + " | ".join(f"{s[m]:.4f}" for m in METRICS)
+                 + f" | {100 * s['mrr@10'] / t['mrr@10']:.1f} | {p['wall_min']:.1f} |")
+  return "\n".join(lines) + "\n"
+
+
+def plot(points: list[dict], out: Path) -> Path:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(7, 4))
+  labels = [f"{n // 1000}k {pool}\n{steps} steps" for n, steps, pool in (p["point"] for p in points)]
+  ax.bar(range(len(points)), [p["student"]["mrr@10"] for p in points], color="tab:blue")
+  teacher = points[0]["teacher"]["mrr@10"]
+  ax.axhline(teacher, color="k", linestyle="--", label=f"teacher {teacher:.3f}")
+  ax.axhline(0.97 * teacher, color="tab:red", linestyle=":", label="97 % of the teacher")
+  ax.set_xticks(range(len(points)), labels, fontsize=8)
+  ax.set_ylabel("test MRR@10")
+  ax.set_title("2-layer asymmetric student, unlab row at larger scale")
+  ax.legend(fontsize=8, loc="lower right")
+  fig.tight_layout()
+  path = out / "unlab_scale.png"
+  fig.savefig(path, dpi=120)
+  return path
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--out", type=Path, default=ROOT / "runs" / "unlab_scale")
+  parser.add_argument("--student", default="l2")
+  args = parser.parse_args()
+  args.out.mkdir(parents=True, exist_ok=True)
+  points = [run_point(args.out, args.student, *p) for p in POINTS]
+  text = table(points)
+  (args.out / "unlab_scale.md").write_text(text)
+  print(text)
+  print("plot:", plot(points, args.out))
+
+
+if __name__ == "__main__":
+  main()
