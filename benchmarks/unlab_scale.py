@@ -19,7 +19,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = ("mrr@10", "recall@10", "recall@100", "ndcg@10")
-# (unlabeled queries drawn, steps, pool); more than the pool holds takes all of it.
+# (unlabeled queries drawn, steps, pool); more than the pool holds takes all of it (35,780 queries in the
+# 2k slice's own pool, 103,581 with wordnet_all).
 POINTS = ((8000, 600, "slice"), (30000, 2000, "slice"), (40000, 4000, "slice"), (200000, 8000, "wordnet_all"))
 
 
@@ -39,11 +40,15 @@ def run_point(out: Path, student: str, unlabeled: int, steps: int, pool: str) ->
     (workdir / "wall_s.txt").write_text(f"{time.perf_counter() - start:.0f}\n")
   rows = json.loads(results.read_text())
   wall = workdir / "wall_s.txt"
-  return {**rows, "point": (unlabeled, steps, pool), "wall_min": float(wall.read_text()) / 60 if wall.is_file() else float("nan")}
+  data = json.loads((workdir / "config.json").read_text())["data"]
+  from edistill.data import tfds_builders  # The pool as that run saw it: how many were drawn in fact.
+  used = min(unlabeled, len(tfds_builders.unlabeled_queries(data["source"], data["path"], data["corpus_size"],
+                                                             pool=pool)))
+  return {**rows, "point": (used, steps, pool), "wall_min": float(wall.read_text()) / 60 if wall.is_file() else float("nan")}
 
 
 def table(points: list[dict]) -> str:
-  lines = ["| unlabeled drawn | pool | steps | " + " | ".join(METRICS) + " | % teacher MRR@10 | run (min) |",
+  lines = ["| unlabeled queries | pool | steps | " + " | ".join(METRICS) + " | % teacher MRR@10 | run (min) |",
            "|---" * (len(METRICS) + 5) + "|"]
   for p in points:
     (n, steps, pool), s, t = p["point"], p["student"], p["teacher"]
@@ -57,7 +62,7 @@ def plot(points: list[dict], out: Path) -> Path:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   fig, ax = plt.subplots(figsize=(7, 4))
-  labels = [f"{n // 1000}k {pool}\n{steps} steps" for n, steps, pool in (p["point"] for p in points)]
+  labels = [f"{n / 1000:.1f}k unlabeled ({pool})\n{steps} steps" for n, steps, pool in (p["point"] for p in points)]
   ax.bar(range(len(points)), [p["student"]["mrr@10"] for p in points], color="tab:blue")
   teacher = points[0]["teacher"]["mrr@10"]
   ax.axhline(teacher, color="k", linestyle="--", label=f"teacher {teacher:.3f}")
