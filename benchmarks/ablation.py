@@ -11,32 +11,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "configs"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "configs"))  # First: its ablation.py, not this file, is ``ablation``.
 from ablation import ROWS  # noqa: E402
-
-METRICS = ("mrr@10", "recall@10", "recall@100", "ndcg@10")
+from common import METRICS, run_workdir  # noqa: E402
 
 
 def run_row(row: str, student: str, out: Path, overrides: list[str]) -> dict:
-  workdir = out / f"{row}_{student}"
-  results = workdir / "results_test.json"
-  if not results.is_file():
-    cmd = [sys.executable, "-m", "edistill.main", "--config", f"configs/ablation.py:row={row},student={student}",
-           "--workdir", str(workdir), *overrides]
-    print("+", " ".join(cmd), flush=True)
-    start = time.perf_counter()
-    subprocess.run(cmd, check=True, cwd=ROOT)
-    (workdir / "wall_s.txt").write_text(f"{time.perf_counter() - start:.0f}\n")
-  rows = json.loads(results.read_text())
-  wall = workdir / "wall_s.txt"
-  rows["wall_min"] = float(wall.read_text()) / 60 if wall.is_file() else float("nan")
-  return rows
+  return run_workdir(f"configs/ablation.py:row={row},student={student}", out / f"{row}_{student}", overrides)
 
 
 def table(rows: dict[tuple[str, str], dict]) -> str:

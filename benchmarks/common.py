@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import ast
+import json
+import subprocess
+import sys
 import sysconfig
 import time
 from pathlib import Path
@@ -48,3 +51,22 @@ def apply_malloc(setting: str) -> None:
   if setting == "tuned":
     from edistill import host
     assert host.tune_malloc(), "glibc mallopt failed"
+
+
+ROOT = Path(__file__).resolve().parents[1]
+METRICS = ("mrr@10", "recall@10", "recall@100", "ndcg@10")  # The columns the quality tables report.
+
+
+def run_workdir(config: str, workdir: Path, overrides: list[str] = ()) -> dict:
+  """``python -m edistill.main --config CONFIG --workdir WORKDIR [OVERRIDES]`` unless WORKDIR already holds
+  ``results_test.json``; returns those results plus ``wall_min`` (the run's minutes, recorded in
+  ``wall_s.txt``; NaN when the run was made without it)."""
+  results = workdir / "results_test.json"
+  if not results.is_file():
+    cmd = [sys.executable, "-m", "edistill.main", "--config", config, "--workdir", str(workdir), *overrides]
+    print("+", " ".join(cmd), flush=True)
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    (workdir / "wall_s.txt").write_text(f"{time.perf_counter() - start:.0f}\n")
+  wall = workdir / "wall_s.txt"
+  return {**json.loads(results.read_text()), "wall_min": float(wall.read_text()) / 60 if wall.is_file() else float("nan")}

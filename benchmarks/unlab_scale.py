@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-METRICS = ("mrr@10", "recall@10", "recall@100", "ndcg@10")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import METRICS, ROOT, run_workdir  # noqa: E402
+
 # (unlabeled queries drawn, steps, pool); more than the pool holds takes all of it (35,780 queries in the
 # 2k slice's own pool, 103,581 with wordnet_all).
 POINTS = ((8000, 600, "slice"), (30000, 2000, "slice"), (40000, 4000, "slice"), (200000, 8000, "wordnet_all"),
@@ -31,21 +30,12 @@ def spec(student: str, unlabeled: int, steps: int, pool: str) -> str:
 
 def run_point(out: Path, student: str, unlabeled: int, steps: int, pool: str) -> dict:
   workdir = out / f"unlab_{student}_u{unlabeled}_s{steps}_{pool}"
-  results = workdir / "results_test.json"
-  if not results.is_file():
-    cmd = [sys.executable, "-m", "edistill.main", "--config", spec(student, unlabeled, steps, pool),
-           "--workdir", str(workdir)]
-    print("+", " ".join(cmd), flush=True)
-    start = time.perf_counter()
-    subprocess.run(cmd, check=True, cwd=ROOT)
-    (workdir / "wall_s.txt").write_text(f"{time.perf_counter() - start:.0f}\n")
-  rows = json.loads(results.read_text())
-  wall = workdir / "wall_s.txt"
+  rows = run_workdir(spec(student, unlabeled, steps, pool), workdir)
   data = json.loads((workdir / "config.json").read_text())["data"]
   from edistill.data import tfds_builders  # The pool as that run saw it: how many were drawn in fact.
   used = min(unlabeled, len(tfds_builders.unlabeled_queries(data["source"], data["path"], data["corpus_size"],
                                                              pool=pool)))
-  return {**rows, "point": (used, steps, pool), "wall_min": float(wall.read_text()) / 60 if wall.is_file() else float("nan")}
+  return {**rows, "point": (used, steps, pool)}
 
 
 def table(points: list[dict]) -> str:

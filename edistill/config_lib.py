@@ -14,6 +14,7 @@ import ml_collections
 MODES = ("train", "eval", "precompute", "export", "similarity")
 STUDENT_KINDS = ("tied", "untied", "asymmetric", "cross")  # "cross": train a cross-encoder (configs/cross_encoder.py)
 REMAT = ("none", "layer")
+UNLABELED_POOLS = ("slice", "wordnet_all")  # config.data.unlabeled_pool (data/tfds_builders.py)
 SOURCES = ("stdlib", "wordnet_gcide", "debian", "beir", "msmarco", "dpr_nq")
 
 
@@ -175,8 +176,8 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.train.batch_size={cfg.train.batch_size}: in-batch negatives need >= 2.")
   if cfg.train.steps < 1 or cfg.train.log_every < 1:
     raise ValueError("config.train.steps and config.train.log_every must be >= 1.")
-  if cfg.data.unlabeled_pool not in ("slice", "wordnet_all"):
-    raise ValueError(f"config.data.unlabeled_pool={cfg.data.unlabeled_pool!r}; expected 'slice' or 'wordnet_all'.")
+  if cfg.data.unlabeled_pool not in UNLABELED_POOLS:
+    raise ValueError(f"config.data.unlabeled_pool={cfg.data.unlabeled_pool!r}; expected one of {UNLABELED_POOLS}.")
   if cfg.data.unlabeled_pool == "wordnet_all" and (cfg.data.source != "wordnet_gcide" or cfg.data.unlabeled_path):
     raise ValueError("config.data.unlabeled_pool='wordnet_all' needs config.data.source='wordnet_gcide' and "
                      "no config.data.unlabeled_path.")

@@ -28,7 +28,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 from tqdm.auto import tqdm
 
-from edistill.config_lib import cache_root
+from edistill.config_lib import UNLABELED_POOLS, cache_root
 from edistill.data import formats
 
 KINDS = ("beir", "msmarco", "dpr_nq")
@@ -236,9 +236,6 @@ def _build_offline(source: str, raw: Path, corpus_size: int, seed: int) -> None:
   sources.build(source, raw, seed=seed, corpus_size=corpus_size or None, train_share=0.5 if corpus_size else 0.0)
 
 
-UNLABELED_POOLS = ("slice", "wordnet_all")
-
-
 def unlabeled_queries(source: str, path: str = "", corpus_size: int = 0, seed: int = 0, errors: str = "raise",
                       unlabeled_path: str = "", cache: str | os.PathLike | None = None,
                       pool: str = "slice") -> dict[str, str]:
@@ -266,10 +263,10 @@ def unlabeled_queries(source: str, path: str = "", corpus_size: int = 0, seed: i
     if not unlabeled_path.is_file():  # Built by an older edistill: rebuild (deterministic, same files).
       _build_offline(source, raw, corpus_size, seed)
     if pool == "wordnet_all":
-      own, unlabeled_path = formats.read_beir_queries(unlabeled_path, errors=errors), raw / "unlabeled_wordnet_all.jsonl"
+      own, unlabeled_path = unlabeled_path, raw / "unlabeled_wordnet_all.jsonl"
       if not unlabeled_path.is_file():
-        queries = {**own, **sources.wordnet_gloss_pool()}
-        formats.write_queries(unlabeled_path, queries)
+        formats.write_queries(unlabeled_path, {**formats.read_beir_queries(own, errors=errors),
+                                               **sources.wordnet_gloss_pool()})
   name = str(unlabeled_path).removesuffix(".gz")
   if name.endswith(".jsonl"):
     return formats.read_beir_queries(unlabeled_path, errors=errors)
