@@ -134,6 +134,38 @@ def test_two_processes_train_like_one_process(tmp_path, tiny_models, isolated_ca
   assert max(jax.tree.leaves(moved)) > 1e-4  # It trained.
 
 
+def test_sigterm_to_one_process_stops_both_at_the_same_saved_step(tmp_path, tiny_models, isolated_cache):
+  """A preemption notice may reach one host only: both processes agree at the next log step, save the
+  same step together and exit 143, instead of one saving alone while the other waits in a collective."""
+  import signal
+  env = {**os.environ, "EDISTILL_CACHE": str(isolated_cache), "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT),
+         "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  port, workdir = _free_port(), tmp_path / "two"
+  procs = [subprocess.Popen(_main_command(
+      tiny_models, workdir, "--config.train.steps=1000000", "--config.eval.at_end=True",
+      "--config.distributed.enabled=True", f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+      "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}",
+      "--config.distributed.cpu_collectives=gloo", "--config.distributed.timeout_s=120"),
+      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in (0, 1)]
+  try:
+    metrics, deadline = workdir / "metrics.jsonl", time.monotonic() + 240
+    while not (metrics.is_file() and metrics.read_text().count("\n") >= 2):
+      assert all(p.poll() is None for p in procs), [p.communicate()[0][-3000:] for p in procs]
+      assert time.monotonic() < deadline, "no training steps logged in 240 s"
+      time.sleep(0.2)
+    procs[1].send_signal(signal.SIGTERM)  # Process 1 only; process 0 writes the logs.
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
+  assert [p.returncode for p in procs] == [128 + signal.SIGTERM] * 2, [o[-3000:] for o in outs]
+  saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+  assert len(saved) == 1 and saved[0] >= 2, saved
+  for out in outs:
+    assert f"saved step {saved[0]}" in out
+  assert not list(workdir.glob("results_*"))
+
+
 def _dist(**kw) -> ml_collections.ConfigDict:
   dc = config_lib.base_config().distributed
   dc.update(kw)

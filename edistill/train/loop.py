@@ -3,7 +3,9 @@
 Resumes from the workdir's latest checkpoint (same batches after resume: the pipeline order is a
 function of the step), stops on a non-finite loss without saving the bad state (the last good
 checkpoint stays), saves at the end, and on SIGTERM (preemption) saves the current step and raises
-``Preempted`` so the caller stops instead of going on to evaluate. Only process 0 writes metrics.
+``Preempted`` so the caller stops instead of going on to evaluate. On a pod the processes agree at
+each log step whether any of them got the signal, so all save the same step together (a process
+stopping alone would leave the others waiting in a collective). Only process 0 writes metrics.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 from etils import epath
 from tqdm.auto import tqdm
 
@@ -29,6 +32,14 @@ from edistill.models import zoo
 from edistill.models.dual_encoder import DualEncoder, init_projection
 from edistill.train import state as state_lib
 from edistill.train.step import LossConfig, jit_train_step
+
+
+def stop_requested(local: bool, nproc: int) -> bool:
+  """Whether any of ``nproc`` processes got SIGTERM (``local``: this one did); every process must call
+  it at the same step. A host all-gather (it waits for the devices), hence only at log steps on a pod."""
+  if nproc == 1:
+    return local
+  return bool(np.any(multihost_utils.process_allgather(np.int32(local))))
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -311,11 +322,13 @@ def train(cfg, workdir: str | Path) -> dict[str, float]:
       if ckpt.should_save(done) and done != total:
         _check_finite(state, good_step, done, ckpt)
         ckpt.save(done, state)
-      if stop["signal"] is not None:
-        logging.warning("Signal %s: saving step %d and stopping.", stop["signal"], done)
+      at_sync = nproc == 1 or done % cfg.train.log_every == 0 or done == total
+      if at_sync and stop_requested(stop["signal"] is not None, nproc):
+        signum = int(stop["signal"] or signal.SIGTERM)  # Another process may have got it.
+        logging.warning("Signal %s: saving step %d and stopping.", signum, done)
         _check_finite(state, good_step, done, ckpt)
         ckpt.save(done, state)
-        preempted = Preempted(stop["signal"], done, ckpt.directory)
+        preempted = Preempted(signum, done, ckpt.directory)
         break
     else:
       _check_finite(state, good_step, total, ckpt)
