@@ -43,6 +43,22 @@ def test_results_table_has_teacher_share_and_blank_cells():
   table = evaluator.results_table(rows)
   assert "| student | 0.3900 | 0.5000 | 0.8000 | 0.4000 | 97.5 |  | 1.500 |" in table
   assert "| teacher | 0.4000 |" in table and "109.5M" in table
+  assert "interval" not in table
+
+
+def test_teacher_intervals_bootstrap_the_share_of_the_teacher():
+  per_query = {"teacher": {"q1": 1.0, "q2": 1.0}, "student": {"q1": 1.0, "q2": 0.0}, "bm25": {"q1": 0.5, "q2": 0.5}}
+  rows = {name: {"mrr@10": sum(v.values()) / 2, evaluator.PER_QUERY: v} for name, v in per_query.items()}
+  out, split_off = evaluator.teacher_intervals(rows)
+  assert split_off == per_query and all(evaluator.PER_QUERY not in r for r in out.values())
+  # Resamples of 2 queries give the student 0, 1/2 or 1 of the teacher (p = 1/4, 1/2, 1/4): 2.5th/97.5th
+  # percentiles 0 and 100 %; BM25 is half the teacher on every query.
+  assert (out["student"]["teacher_pct_lo"], out["student"]["teacher_pct_hi"]) == (0.0, 100.0)
+  assert (out["bm25"]["teacher_pct_lo"], out["bm25"]["teacher_pct_hi"]) == (50.0, 50.0)
+  assert "teacher_pct_lo" not in out["teacher"]
+  table = evaluator.results_table(out)
+  assert "| % teacher MRR@10 | 95 % interval |" in table
+  assert "| student | 0.5000 |  |  |  | 50.0 | 0.0-100.0 |" in table and "| 50.0 | 50.0-50.0 |" in table
 
 
 def test_eval_mode_and_eval_during_training(tmp_path, tiny_models, isolated_cache):
@@ -59,6 +75,14 @@ def test_eval_mode_and_eval_during_training(tmp_path, tiny_models, isolated_cach
   results = json.loads((tmp_path / "results_test.json").read_text())
   assert results["bm25"]["mrr@10"] == pytest.approx(rows["bm25"]["mrr@10"])
   assert "| teacher |" in (tmp_path / "results_test.md").read_text()
+  per_query = json.loads((tmp_path / "per_query_test.json").read_text())
+  assert set(per_query) == set(rows)
+  for name, values in per_query.items():  # The per-query values the table's means average.
+    assert len(values) == rows[name]["num_queries"]
+    assert np.mean(list(values.values())) == pytest.approx(rows[name]["mrr@10"]), name
+  if rows["teacher"]["mrr@10"] > 0:
+    share = 100 * rows["bm25"]["mrr@10"] / rows["teacher"]["mrr@10"]
+    assert rows["bm25"]["teacher_pct_lo"] <= share <= rows["bm25"]["teacher_pct_hi"]
   assert np.isfinite(metrics["loss"])
 
 

@@ -171,3 +171,29 @@ def test_run_from_topk_rejects_bad_input():
     metrics.run_from_topk(["q", "r"], docs, np.array([[0, 1]]), np.zeros((1, 2)))
   with pytest.raises(ValueError):  # The same document twice.
     metrics.run_from_topk(["q"], docs, np.array([[1, 1]]), np.zeros((1, 2)))
+
+
+def test_bootstrap_ratio_ci_hand_computed():
+  # Two queries: resamples (a,a) -> 2/2, (a,b) or (b,a) -> 1/2, (b,b) -> 0/2 with probabilities 1/4, 1/2, 1/4.
+  num, den = {"a": 1.0, "b": 0.0}, {"a": 1.0, "b": 1.0}
+  assert metrics.bootstrap_ratio_ci(num, den, level=0.9) == (0.0, 1.0)  # 5th / 95th percentiles.
+  assert metrics.bootstrap_ratio_ci(num, den, level=0.2) == (0.5, 0.5)  # 40th / 60th: inside the 1/2 mass.
+  # A system exactly twice the reference on every query: every resample gives 2.
+  rng = np.random.default_rng(3)
+  ref = {f"q{i}": float(v) for i, v in enumerate(rng.uniform(0.1, 1.0, 50))}
+  assert metrics.bootstrap_ratio_ci({q: 2 * v for q, v in ref.items()}, ref) == pytest.approx((2.0, 2.0))
+
+
+def test_bootstrap_ratio_ci_chunks_do_not_change_the_draws_and_errors_are_named():
+  rng = np.random.default_rng(0)
+  num = {f"q{i}": float(v) for i, v in enumerate(rng.integers(0, 2, 40))}
+  den = {f"q{i}": float(v) for i, v in enumerate(rng.uniform(0, 1, 40))}
+  whole = metrics.bootstrap_ratio_ci(num, den, samples=1000, chunk=1000)
+  assert metrics.bootstrap_ratio_ci(num, den, samples=1000, chunk=7) == whole
+  lo, hi = whole
+  point = sum(num.values()) / sum(den.values())
+  assert lo < point < hi and hi - lo > 0.1  # 40 binary queries: a wide interval around the point ratio.
+  with pytest.raises(ValueError, match="different queries"):
+    metrics.bootstrap_ratio_ci({"a": 1.0}, {"b": 1.0})
+  with pytest.raises(ValueError, match="scores 0 on every query"):
+    metrics.bootstrap_ratio_ci({"a": 1.0}, {"a": 0.0})

@@ -23,6 +23,9 @@ from edistill.eval import index as index_lib
 from edistill.eval import metrics as metrics_lib
 
 METRICS = ("mrr@10", "recall@10", "recall@100", "ndcg@10")
+# Row entry {query id: reciprocal rank within the top 10} of exact search (BM25: its own ranking), which
+# ``teacher_intervals`` turns into a bootstrap interval of each model's share of the teacher's MRR@10.
+PER_QUERY = "per_query/mrr@10"
 # Runs of 2+ letters/digits, so code identifiers split at underscores ("num_items" -> "num", "items");
 # prose is unaffected. With bm25s' default \w\w+ the stdlib benchmark scores ~0.28 instead of ~0.36.
 BM25_TOKEN = r"(?u)[^\W_]{2,}"
@@ -49,11 +52,12 @@ def count_params(*trees) -> int:
 
 def dense_scores(query_emb: np.ndarray, doc_emb: np.ndarray, data, k: int = 100, scann: bool = False,
                  scann_overrides: dict | None = None, metrics: Sequence[str] = METRICS) -> dict[str, float]:
-  """Metrics of exact top-k search (and ScaNN's, prefixed ``scann/``, with its recall vs exact)."""
+  """Metrics of exact top-k search (and ScaNN's, prefixed ``scann/``, with its recall vs exact), and
+  the exact search's per-query MRR@10 under ``PER_QUERY``."""
   k = min(k, len(data.doc_ids))
   exact_idx, exact_scores = index_lib.exact_search(query_emb, doc_emb, k)
   run = metrics_lib.run_from_topk(data.query_ids, data.doc_ids, np.asarray(exact_idx), np.asarray(exact_scores))
-  out = metrics_lib.evaluate(run, data.qrels, metrics)
+  out = _scores(run, data.qrels, metrics)
   if scann:
     cfg = index_lib.ScannConfig.for_corpus(len(data.doc_ids), k=k)
     if scann_overrides:
@@ -119,7 +123,27 @@ def bm25(data, k: int = 100, metrics: Sequence[str] = METRICS) -> dict[str, floa
   """BM25 (bm25s, Lucene scoring, English stopwords) over the split's corpus."""
   idx, scores = bm25_topk(data, k)
   run = metrics_lib.run_from_topk(data.query_ids, data.doc_ids, idx, scores)
-  return metrics_lib.evaluate(run, data.qrels, metrics)
+  return _scores(run, data.qrels, metrics)
+
+
+def _scores(run, qrels, metrics: Sequence[str]) -> dict[str, Any]:
+  return {**metrics_lib.evaluate(run, qrels, metrics), PER_QUERY: metrics_lib.mrr(run, qrels, 10)}
+
+
+def teacher_intervals(rows: dict[str, dict[str, Any]], teacher: str = "teacher", level: float = 0.95
+                      ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+  """Splits the ``PER_QUERY`` entries off ``rows`` and adds, to every other model's row, the paired
+  bootstrap interval (``level``, over the test queries) of its MRR@10 as % of the teacher's:
+  ``teacher_pct_lo`` / ``teacher_pct_hi``. Returns (rows of floats, {model: {query id: RR@10}})."""
+  per_query = {name: r[PER_QUERY] for name, r in rows.items() if PER_QUERY in r}
+  out = {name: {k: v for k, v in r.items() if k != PER_QUERY} for name, r in rows.items()}
+  ref = per_query.get(teacher)
+  if ref and any(ref.values()):
+    for name, values in per_query.items():
+      if name != teacher:
+        lo, hi = metrics_lib.bootstrap_ratio_ci(values, ref, level=level)
+        out[name].update(teacher_pct_lo=100 * lo, teacher_pct_hi=100 * hi)
+  return out, per_query
 
 
 def results_table(rows: dict[str, dict[str, float]], teacher: str | None = "teacher",
@@ -129,6 +153,9 @@ def results_table(rows: dict[str, dict[str, float]], teacher: str | None = "teac
   ref = rows.get(teacher, {}).get("mrr@10") if teacher else None
   if ref:
     head.append("% teacher MRR@10")
+  ci = bool(ref) and any("teacher_pct_lo" in r for r in rows.values())
+  if ci:
+    head.append("95 % interval")  # Paired bootstrap over the queries (teacher_intervals).
   extra = [c for c in ("scann/recall@10_vs_exact", "params_m", "query_ms") if any(c in r for r in rows.values())]
   head += extra
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -136,16 +163,22 @@ def results_table(rows: dict[str, dict[str, float]], teacher: str | None = "teac
     cells = [name] + [f"{r[m]:.4f}" if m in r else "" for m in metrics]
     if ref:
       cells.append(f"{100 * r['mrr@10'] / ref:.1f}" if "mrr@10" in r else "")
+    if ci:
+      cells.append(f"{r['teacher_pct_lo']:.1f}-{r['teacher_pct_hi']:.1f}" if "teacher_pct_lo" in r else "")
     cells += [f"{r[c]:.3f}" if c in r and c != "params_m" else (f"{r[c]:.1f}M" if c in r else "") for c in extra]
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
 
 
-def write_results(workdir: str | os.PathLike, split: str, rows: dict[str, dict[str, float]], header: str = "") -> Path:
-  """``results_<split>.json`` and ``results_<split>.md`` in the workdir (atomic writes)."""
+def write_results(workdir: str | os.PathLike, split: str, rows: dict[str, dict[str, float]], header: str = "",
+                  per_query: dict[str, dict[str, float]] | None = None) -> Path:
+  """``results_<split>.json`` and ``results_<split>.md`` in the workdir (atomic writes), and
+  ``per_query_<split>.json`` ({model: {query id: RR@10}}) when ``per_query`` is given."""
   workdir = epath.Path(workdir)  # Local or gs://.
-  for name, text in ((f"results_{split}.json", json.dumps(rows, indent=2)),
-                     (f"results_{split}.md", header + results_table(rows))):
+  files = [(f"results_{split}.json", json.dumps(rows, indent=2)), (f"results_{split}.md", header + results_table(rows))]
+  if per_query:
+    files.append((f"per_query_{split}.json", json.dumps(per_query, indent=1, sort_keys=True)))
+  for name, text in files:
     tmp = workdir / f".{name}.tmp"
     tmp.write_text(text)
     tmp.replace(workdir / name)

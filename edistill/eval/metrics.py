@@ -191,3 +191,33 @@ def run_from_topk(query_ids: Sequence[str], doc_ids: Sequence[str], indices: np.
       raise ValueError(f"duplicate query id {qid!r}")
     run[qid] = hits
   return run
+
+
+def bootstrap_ratio_ci(num: Mapping[str, float], den: Mapping[str, float], samples: int = 10_000,
+                       level: float = 0.95, seed: int = 0, chunk: int = 256) -> tuple[float, float]:
+  """Paired percentile bootstrap interval of mean(num) / mean(den) over the same queries.
+
+  ``num`` and ``den`` are per-query values of two systems ({query id: value}, e.g. the student's and
+  the teacher's reciprocal ranks from ``per_query``); each of ``samples`` resamples draws the queries
+  with replacement and takes both means over the same draw, so the interval reflects how much the
+  ratio depends on which queries the test split happens to hold. Deterministic in ``seed``.
+  """
+  if set(num) != set(den):
+    raise ValueError(f"the two systems were scored on different queries ({len(set(num) ^ set(den))} differ)")
+  if not num:
+    raise ValueError("no queries to resample")
+  if not 0 < level < 1:
+    raise ValueError(f"level must be in (0, 1), got {level}")
+  qids = sorted(num)
+  a, b = np.array([num[q] for q in qids]), np.array([den[q] for q in qids])
+  rng, ratios = np.random.default_rng(seed), []
+  for start in range(0, samples, chunk):  # [chunk, n] indices at a time: bounded memory for big splits.
+    idx = rng.integers(0, len(qids), (min(chunk, samples - start), len(qids)))
+    sa, sb = a[idx].sum(1), b[idx].sum(1)
+    ratios.append(np.divide(sa, sb, out=np.full_like(sa, np.nan), where=sb > 0))
+  r = np.concatenate(ratios)
+  r = r[np.isfinite(r)]  # A draw where the reference scores 0 everywhere has no ratio.
+  if not len(r):
+    raise ValueError("the reference system scores 0 on every query: the ratio is undefined")
+  lo, hi = np.quantile(r, [(1 - level) / 2, (1 + level) / 2])
+  return float(lo), float(hi)

@@ -111,8 +111,10 @@ def run(cfg, workdir: str | Path, split: str | None = None, student_params: dict
   if "bm25" in models:
     rows["bm25"] = evaluator.bm25(data, cfg.eval.k)
   header = (f"# {cfg.data.source} {split}: {len(data.query_ids)} queries, {len(data.doc_ids)} documents\n\n"
-            f"Exact search{' (ScaNN rows: scann/*)' if scann else ''}; query latency = batch 1, CPU.\n\n")
+            f"Exact search{' (ScaNN rows: scann/*)' if scann else ''}; query latency = batch 1, CPU; "
+            f"95 % interval: paired bootstrap of % teacher MRR@10 over these queries (per_query_{split}.json).\n\n")
+  rows, per_query = evaluator.teacher_intervals(rows)
   if jax.process_index() == 0:  # Only process 0 writes results (every process computes them).
-    evaluator.write_results(workdir, split, rows, header)
+    evaluator.write_results(workdir, split, rows, header, per_query)
   logging.info("\n%s", evaluator.results_table(rows))
   return rows
