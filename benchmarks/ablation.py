@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "configs"))  # First: its ablation.py, not this file, is ``ablation``.
 from ablation import ROWS  # noqa: E402
-from common import METRICS, run_workdir  # noqa: E402
+from common import METRICS, run_workdir, teacher_share  # noqa: E402
 
 
 def run_row(row: str, student: str, out: Path, overrides: list[str]) -> dict:
@@ -26,16 +26,16 @@ def run_row(row: str, student: str, out: Path, overrides: list[str]) -> dict:
 
 
 def table(rows: dict[tuple[str, str], dict]) -> str:
-  lines = ["| student | row | " + " | ".join(METRICS) + " | % teacher MRR@10 | run (min) |",
+  lines = ["| student | row | " + " | ".join(METRICS) + " | % teacher MRR@10 (95 % interval) | run (min) |",
            "|---" * (len(METRICS) + 4) + "|"]
   for (row, student), r in rows.items():
-    s, t = r["student"], r["teacher"]
+    s = r["student"]
     lines.append(f"| {student} | {row} | " + " | ".join(f"{s[m]:.4f}" for m in METRICS)
-                 + f" | {100 * s['mrr@10'] / t['mrr@10']:.1f} | {r['wall_min']:.1f} |")
+                 + f" | {teacher_share(r)} | {r['wall_min']:.1f} |")
   for (row, student), r in rows.items():
     if row == "labels" and "student_zero_shot" in r:
       lines.append(f"| {student} zero-shot | - | " + " | ".join(f"{r['student_zero_shot'][m]:.4f}" for m in METRICS)
-                   + f" | {100 * r['student_zero_shot']['mrr@10'] / r['teacher']['mrr@10']:.1f} | |")
+                   + f" | {teacher_share(r, 'student_zero_shot')} | |")
   first = next(iter(rows.values()))
   for name in ("teacher", "bm25"):
     if name in first:

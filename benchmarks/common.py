@@ -70,3 +70,11 @@ def run_workdir(config: str, workdir: Path, overrides: list[str] = ()) -> dict:
     (workdir / "wall_s.txt").write_text(f"{time.perf_counter() - start:.0f}\n")
   wall = workdir / "wall_s.txt"
   return {**json.loads(results.read_text()), "wall_min": float(wall.read_text()) / 60 if wall.is_file() else float("nan")}
+
+
+def teacher_share(results: dict, model: str = "student") -> str:
+  """``model``'s MRR@10 as % of the teacher's, with its 95 % bootstrap interval over the test queries
+  when the run's results carry one (evaluations from before the interval existed do not)."""
+  r = results[model]
+  text = f"{100 * r['mrr@10'] / results['teacher']['mrr@10']:.1f}"
+  return text + (f" ({r['teacher_pct_lo']:.1f}-{r['teacher_pct_hi']:.1f})" if "teacher_pct_lo" in r else "")
