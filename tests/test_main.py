@@ -137,6 +137,11 @@ def test_mode_flag_overrides_the_config_and_precompute_writes_no_checkpoint(tmp_
   assert out.returncode == 0, out.stderr[-3000:]
   assert "precomputed for stdlib" in out.stdout and "teacher tables queries" in out.stdout
   assert not (tmp_path / "work" / "checkpoints").exists()
+  # config.json is the record of what trained the workdir: other modes write config_<mode>.json.
+  assert (tmp_path / "work" / "config_precompute.json").is_file() and not (tmp_path / "work" / "config.json").exists()
+  ev = _run(tmp_path, "--mode=eval", *models, config="configs/ablation.py:row=qemb,runlocal")
+  assert ev.returncode != 0 and "no checkpoints to evaluate the student from" in ev.stderr, ev.stderr[-3000:]
+  assert not (tmp_path / "work" / "checkpoints").exists()  # Not created by the failed evaluation.
   bad = _run(tmp_path, "--mode=bogus", config="configs/ablation.py:row=qemb,runlocal")
   assert bad.returncode != 0 and "--mode" in bad.stderr and "precompute" in bad.stderr
 

@@ -99,6 +99,9 @@ def run(cfg, workdir: str | Path, split: str | None = None, student_params: dict
   if "student" in models:
     if student_params is None:
       ckpt_dir = epath.Path(cfg.eval.checkpoint) if cfg.eval.checkpoint else workdir / "checkpoints"
+      if not ckpt_dir.is_dir():  # Before the Checkpointer, which would create it.
+        raise checkpoint.CheckpointNotFoundError(f"{ckpt_dir}: no checkpoints to evaluate the student from (train "
+                                                 f"first, or set config.eval.checkpoint).")
       ckpt = checkpoint.Checkpointer(ckpt_dir)
       try:
         student_params = ckpt.restore_params()
