@@ -5,7 +5,8 @@
 Each point is the ablation's ``unlab`` row (configs/ablation.py) at a larger scale, run with
 ``python -m edistill.main --config configs/ablation.py:row=unlab,student=S,unlabeled=N,steps=T,pool=P``
 (a workdir that already holds ``results_test.json`` is reused). Writes ``unlab_scale.md`` (the table)
-and ``unlab_scale.png`` (test MRR@10 per point, the teacher and 97 % of it) into ``--out``.
+and ``unlab_scale.png`` (test MRR@10 per point with its 95 % interval where the run has one, the
+teacher and 97 % of it) into ``--out``.
 Needs matplotlib (the `bench` extra).
 """
 from __future__ import annotations
@@ -54,8 +55,12 @@ def plot(points: list[dict], out: Path) -> Path:
   import matplotlib.pyplot as plt
   fig, ax = plt.subplots(figsize=(7, 4))
   labels = [f"{n / 1000:.1f}k unlabeled ({pool})\n{steps} steps" for n, steps, pool in (p["point"] for p in points)]
-  ax.bar(range(len(points)), [p["student"]["mrr@10"] for p in points], color="tab:blue")
   teacher = points[0]["teacher"]["mrr@10"]
+  mrr = [p["student"]["mrr@10"] for p in points]
+  # The 95 % bootstrap interval of the share of the teacher, in MRR@10 units (runs evaluated with it).
+  lo = [m - p["student"].get("teacher_pct_lo", 100 * m / teacher) * teacher / 100 for m, p in zip(mrr, points)]
+  hi = [p["student"].get("teacher_pct_hi", 100 * m / teacher) * teacher / 100 - m for m, p in zip(mrr, points)]
+  ax.bar(range(len(points)), mrr, color="tab:blue", yerr=[lo, hi], capsize=4, ecolor="gray")
   ax.axhline(teacher, color="k", linestyle="--", label=f"teacher {teacher:.3f}")
   ax.axhline(0.97 * teacher, color="tab:red", linestyle=":", label="97 % of the teacher")
   ax.set_xticks(range(len(points)), labels, fontsize=8)
