@@ -51,7 +51,7 @@ def count_params(*trees) -> int:
 
 
 def dense_scores(query_emb: np.ndarray, doc_emb: np.ndarray, data, k: int = 100, scann: bool = False,
-                 scann_overrides: dict | None = None, metrics: Sequence[str] = METRICS) -> dict[str, float]:
+                 scann_overrides: dict | None = None, metrics: Sequence[str] = METRICS) -> dict[str, Any]:
   """Metrics of exact top-k search (and ScaNN's, prefixed ``scann/``, with its recall vs exact), and
   the exact search's per-query MRR@10 under ``PER_QUERY``."""
   k = min(k, len(data.doc_ids))
@@ -119,7 +119,7 @@ def bm25_topk(data, k: int = 100) -> tuple[np.ndarray, np.ndarray]:
   return np.where(np.asarray(scores) > 0, np.asarray(idx), -1), np.asarray(scores)  # Score 0: not retrieved.
 
 
-def bm25(data, k: int = 100, metrics: Sequence[str] = METRICS) -> dict[str, float]:
+def bm25(data, k: int = 100, metrics: Sequence[str] = METRICS) -> dict[str, Any]:
   """BM25 (bm25s, Lucene scoring, English stopwords) over the split's corpus."""
   idx, scores = bm25_topk(data, k)
   run = metrics_lib.run_from_topk(data.query_ids, data.doc_ids, idx, scores)
