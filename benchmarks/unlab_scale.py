@@ -53,14 +53,17 @@ def plot(points: list[dict], out: Path) -> Path:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(7, 4))
-  labels = [f"{n / 1000:.1f}k unlabeled ({pool})\n{steps} steps" for n, steps, pool in (p["point"] for p in points)]
+  fig, ax = plt.subplots(figsize=(9, 4))
+  labels = [f"{n / 1000:.1f}k unlabeled\n({pool})\n{steps} steps" for n, steps, pool in (p["point"] for p in points)]
   teacher = points[0]["teacher"]["mrr@10"]
   mrr = [p["student"]["mrr@10"] for p in points]
+  ax.bar(range(len(points)), mrr, color="tab:blue")
   # The 95 % bootstrap interval of the share of the teacher, in MRR@10 units (runs evaluated with it).
-  lo = [m - p["student"].get("teacher_pct_lo", 100 * m / teacher) * teacher / 100 for m, p in zip(mrr, points)]
-  hi = [p["student"].get("teacher_pct_hi", 100 * m / teacher) * teacher / 100 - m for m, p in zip(mrr, points)]
-  ax.bar(range(len(points)), mrr, color="tab:blue", yerr=[lo, hi], capsize=4, ecolor="gray")
+  ci = [(i, m, p["student"]) for i, (m, p) in enumerate(zip(mrr, points)) if "teacher_pct_lo" in p["student"]]
+  if ci:
+    ax.errorbar([i for i, _, _ in ci], [m for _, m, _ in ci], fmt="none", ecolor="gray", capsize=4,
+                yerr=[[m - s["teacher_pct_lo"] * teacher / 100 for _, m, s in ci],
+                      [s["teacher_pct_hi"] * teacher / 100 - m for _, m, s in ci]], label="95 % interval")
   ax.axhline(teacher, color="k", linestyle="--", label=f"teacher {teacher:.3f}")
   ax.axhline(0.97 * teacher, color="tab:red", linestyle=":", label="97 % of the teacher")
   ax.set_xticks(range(len(points)), labels, fontsize=8)
