@@ -35,7 +35,7 @@ def test_demo_config_runs_and_writes_the_similarity_table(tmp_path, tiny_ckpts):
   assert proc.returncode == 0, proc.stderr[-3000:]
   table = (tmp_path / "work" / "similarity.md").read_text()
   assert table.count("| query |") == 2 and table.count("**") == 16  # One best document per row.
-  assert (tmp_path / "work" / "config.json").is_file()
+  assert (tmp_path / "work" / "config_similarity.json").is_file()  # Not config.json: no training happened.
 
 
 def test_unknown_config_key_is_named(tmp_path):
