@@ -68,6 +68,21 @@ def _atomic_write_lines(path: Path, lines: Iterable[str]) -> None:
       f.write("\n")
 
 
+def content_key(**fields) -> str:
+  """The one naming scheme of every content-keyed cache (embedding tables, CE scores, generated
+  queries): sha256 of the fields as sorted JSON (other values by ``str``), 20 hex digits."""
+  return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def texts_fingerprint(texts: Iterable[str]) -> str:
+  """Hex sha256 of the texts in order (NUL-separated): a ``content_key`` field for a list of texts."""
+  h = hashlib.sha256()
+  for t in texts:
+    h.update(t.encode())
+    h.update(b"\0")
+  return h.hexdigest()
+
+
 def file_sha256(path: str | os.PathLike, desc: str | None = None) -> str:
   """Hex sha256 of a file's bytes, read in 4 MiB chunks; ``desc`` shows a progress bar (big files)."""
   h = hashlib.sha256()

@@ -17,7 +17,6 @@ them.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import re
@@ -127,14 +126,6 @@ def generate_seq2seq(model: Seq2SeqModel, corpus: Mapping[str, str], doc_ids: Se
       raise ValueError(f"seq2seq model returned {len(texts)} queries for {len(chunk)} documents.")
     out.extend(GeneratedQuery(t, d, "seq2seq") for t, d in zip(texts, chunk) if t)
   return out
-
-
-def cache_key(method: str, options: Mapping, inputs: Sequence[str]) -> str:
-  h = hashlib.sha256(json.dumps({"method": method, "options": dict(options)}, sort_keys=True).encode())
-  for text in inputs:
-    h.update(text.encode())
-    h.update(b"\0")
-  return h.hexdigest()[:16]
 
 
 def cached(path: str | os.PathLike, make: Callable[[], list[GeneratedQuery]]) -> list[GeneratedQuery]:

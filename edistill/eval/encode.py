@@ -30,7 +30,7 @@ from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from edistill import distributed, mesh as mesh_lib, xla_options
-from edistill.data.formats import atomic_file
+from edistill.data.formats import atomic_file, content_key, texts_fingerprint
 from edistill.models import tokenization
 
 EncodeFn = Callable[[Any, np.ndarray, np.ndarray], jax.Array]  # (params, ids, mask) -> [B, D]
@@ -59,14 +59,6 @@ def module_fingerprint(module) -> str:
     if module.normalize_first and module.normalize and module.projection_dim:  # Old keys stay valid.
       head += ("normalize_first",)
   return repr((arch, *head, np.dtype(module.dtype).name))
-
-
-def texts_fingerprint(texts: Sequence[str]) -> str:
-  h = hashlib.sha256()
-  for t in texts:
-    h.update(t.encode())
-    h.update(b"\0")
-  return h.hexdigest()
 
 
 def encode(fn: EncodeFn, params, tokenizer, texts: Sequence[str], max_length: int, batch_size: int = 128,
@@ -134,10 +126,6 @@ def encode_across_processes(fn: EncodeFn, params, tokenizer, texts: Sequence[str
   return reassemble(np.asarray(gathered), n)
 
 
-def cache_key(**fields) -> str:
-  return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:20]
-
-
 def _read_shard(path: Path, chunk_ids: list[str]) -> np.ndarray | None:
   """The embeddings of a cache shard whose ids are ``chunk_ids``; None if it is missing or stale."""
   if not path.is_file():
@@ -160,7 +148,7 @@ def encode_cached(cache_dir: str | os.PathLike, key_fields: dict, fn: EncodeFn, 
     raise ValueError(f"{len(ids)} ids for {len(texts)} texts.")
   multihost = multihost and jax.process_count() > 1
   writer = not multihost or distributed.is_writer()
-  key = cache_key(**key_fields, texts=texts_fingerprint(texts), ids=texts_fingerprint(ids), max_length=max_length)
+  key = content_key(**key_fields, texts=texts_fingerprint(texts), ids=texts_fingerprint(ids), max_length=max_length)
   root = Path(cache_dir) / key
   if writer and not (root / "key.json").is_file():  # What the directory holds, for people.
     with atomic_file(root / "key.json") as tmp:

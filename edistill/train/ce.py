@@ -33,7 +33,7 @@ from absl import logging
 from edistill import checkpoint, losses
 from edistill.config_lib import cache_root
 from edistill.data import pipeline
-from edistill.data.formats import atomic_file
+from edistill.data.formats import atomic_file, content_key, texts_fingerprint
 from edistill.eval import encode as encode_lib
 from edistill.eval import evaluator
 from edistill.models import cross_encoder as ce_lib
@@ -174,9 +174,9 @@ def teacher_outputs(model: ce_lib.CrossEncoder, params, tokenizer, data, example
   keys = q_rows.astype(np.int64) * len(data.doc_ids) + examples.docs
   unique, inverse = np.unique(keys.reshape(-1), return_inverse=True)
   uq, ud = unique // len(data.doc_ids), unique % len(data.doc_ids)
-  key = encode_lib.cache_key(model=encode_lib.params_fingerprint(params), module=encode_lib.module_fingerprint(model),
-                             queries=encode_lib.texts_fingerprint([data.query_texts[i] for i in uq]),
-                             docs=encode_lib.texts_fingerprint([data.doc_texts[i] for i in ud]),
+  key = content_key(model=encode_lib.params_fingerprint(params), module=encode_lib.module_fingerprint(model),
+                             queries=texts_fingerprint([data.query_texts[i] for i in uq]),
+                             docs=texts_fingerprint([data.doc_texts[i] for i in ud]),
                              lengths=(max_query_length, max_doc_length))
   path = cache_root() / "ce_teacher" / f"{key}.npz"
   if path.is_file():

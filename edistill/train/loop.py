@@ -26,7 +26,7 @@ from etils import epath
 from tqdm.auto import tqdm
 
 from edistill import checkpoint, distributed, mesh as mesh_lib, teachers
-from edistill.data import pipeline, querygen, tfds_builders
+from edistill.data import formats, pipeline, querygen, tfds_builders
 from edistill.eval import encode as encode_lib
 from edistill.models import zoo
 from edistill.models.dual_encoder import DualEncoder, init_projection
@@ -131,8 +131,8 @@ def training_data(cfg):
     corpus = dict(zip(data.doc_ids, data.doc_texts))
     n_pairs = sum(1 for ds in data.qrels.values() for r in ds.values() if r > 0)
     want = int(round(n_pairs * cfg.querygen.ratio / (1 - cfg.querygen.ratio)))
-    key = querygen.cache_key("model_free", {"num": want, "ict": cfg.querygen.ict_fraction, "seed": cfg.seed},
-                             data.query_texts + data.doc_texts)
+    key = formats.content_key(method="model_free", num=want, ict=cfg.querygen.ict_fraction, seed=cfg.seed,
+                              inputs=formats.texts_fingerprint(data.query_texts + data.doc_texts))
     gen = querygen.cached(Path(zoo.cache_dir()) / "querygen" / f"{key}.jsonl",
                           lambda: querygen.generate_model_free(queries, data.qrels, corpus, want,
                                                                cfg.querygen.ict_fraction, cfg.seed))
