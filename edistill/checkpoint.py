@@ -83,6 +83,20 @@ class Checkpointer:
     self.manager.close()
 
 
+def latest_params(directory: str | os.PathLike, missing: str = "") -> tuple[int | None, Any]:
+  """(latest step, its params as saved) of a checkpoint directory, for readers (evaluation, export, a
+  trained CE). Never creates the directory: a missing one raises CheckpointNotFoundError naming it,
+  with ``missing`` (what it was wanted for) appended to "no checkpoints"."""
+  path = _path(directory)
+  if not path.is_dir():
+    raise CheckpointNotFoundError(f"{path}: no checkpoints{missing}.")
+  ckpt = Checkpointer(path)
+  try:
+    return ckpt.latest_step(), ckpt.restore_params()
+  finally:
+    ckpt.close()
+
+
 def restore_params(directory: str | os.PathLike, state_target: Any, step: int | None = None) -> Any:
   """The params of another run's checkpoint (init-from-checkpoint; optimizer state is not taken)."""
   path = _path(directory)

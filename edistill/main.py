@@ -79,12 +79,9 @@ def run_export(config, workdir) -> str:
     raise ValueError(f"--mode export writes to a local directory; {workdir} is not one.")
   if jax.process_count() > 1:
     raise ValueError("--mode export runs in one process: start it on one host, without config.distributed.")
-  ckpt = checkpoint.Checkpointer(epath.Path(config.eval.checkpoint) if config.eval.checkpoint
-                                 else workdir / "checkpoints")
-  try:
-    step, params = ckpt.latest_step(), ckpt.restore_params()
-  finally:
-    ckpt.close()
+  step, params = checkpoint.latest_params(
+      epath.Path(config.eval.checkpoint) if config.eval.checkpoint else workdir / "checkpoints",
+      " to export (train first, or set config.eval.checkpoint)")
   pre = zoo.load_from_config(config.student)
   kind = config.student.kind
   student = dual_encoder.DualEncoder(pre.module, pre.module if kind == "untied" else None, kind)

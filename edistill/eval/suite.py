@@ -99,14 +99,8 @@ def run(cfg, workdir: str | Path, split: str | None = None, student_params: dict
   if "student" in models:
     if student_params is None:
       ckpt_dir = epath.Path(cfg.eval.checkpoint) if cfg.eval.checkpoint else workdir / "checkpoints"
-      if not ckpt_dir.is_dir():  # Before the Checkpointer, which would create it.
-        raise checkpoint.CheckpointNotFoundError(f"{ckpt_dir}: no checkpoints to evaluate the student from (train "
-                                                 f"first, or set config.eval.checkpoint).")
-      ckpt = checkpoint.Checkpointer(ckpt_dir)
-      try:
-        student_params = ckpt.restore_params()
-      finally:
-        ckpt.close()
+      _, student_params = checkpoint.latest_params(
+          ckpt_dir, " to evaluate the student from (train first, or set config.eval.checkpoint)")
     st = student_model(cfg, spre, student_params, teacher_docs)
     q, d = evaluator.embed(st, data, lq, ld, None)
     rows["student"] = {**evaluator.dense_scores(q, d, data, cfg.eval.k, scann), "params_m": st.num_params / 1e6,

@@ -148,11 +148,7 @@ def build_train(cfg, process_index: int = 0, process_count: int = 1):
 def restore_trained(enc_cfg, ce_cfg, directory: str | Path) -> tuple[ce_lib.CrossEncoder, zoo.Pretrained, dict]:
   """A trained CE: its architecture from ``enc_cfg``/``ce_cfg``, its params from a checkpoint directory."""
   model, pre = load_model(enc_cfg, ce_cfg)
-  ckpt = checkpoint.Checkpointer(directory)
-  try:
-    params = ckpt.restore_params()
-  finally:
-    ckpt.close()
+  _, params = checkpoint.latest_params(directory, " of a trained cross-encoder (cross_encoder.checkpoint)")
   expected = ce_lib.init_params(model, _encoder_params(pre))
   if jax.tree.structure(params) != jax.tree.structure(expected) or any(
       np.shape(a) != np.shape(b) for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(expected))):
@@ -175,9 +171,8 @@ def teacher_outputs(model: ce_lib.CrossEncoder, params, tokenizer, data, example
   unique, inverse = np.unique(keys.reshape(-1), return_inverse=True)
   uq, ud = unique // len(data.doc_ids), unique % len(data.doc_ids)
   key = content_key(model=encode_lib.params_fingerprint(params), module=encode_lib.module_fingerprint(model),
-                             queries=texts_fingerprint([data.query_texts[i] for i in uq]),
-                             docs=texts_fingerprint([data.doc_texts[i] for i in ud]),
-                             lengths=(max_query_length, max_doc_length))
+                    queries=texts_fingerprint([data.query_texts[i] for i in uq]),
+                    docs=texts_fingerprint([data.doc_texts[i] for i in ud]), lengths=(max_query_length, max_doc_length))
   path = cache_root() / "ce_teacher" / f"{key}.npz"
   if path.is_file():
     with np.load(path) as z:
