@@ -18,6 +18,7 @@ import pytest
 from edistill import checkpoint, config_lib, distributed, mesh as mesh_lib
 from edistill.models import hf_import
 from edistill.train import loop
+from tests.test_main import wait_for_logged_steps
 from tests.test_train import _config, _without_key_bias
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,20 +86,28 @@ def _shards(root: Path) -> dict[str, dict]:
   return out
 
 
+def _env(cache: Path) -> dict:
+  """Two CPU processes x 2 devices each, sharing the dataset/teacher cache."""
+  return {**os.environ, "EDISTILL_CACHE": str(cache), "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT),
+          "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+
+
+def _distributed_flags(port: int, process_id: int) -> list[str]:
+  return ["--config.distributed.enabled=True", f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+          "--config.distributed.num_processes=2", f"--config.distributed.process_id={process_id}",
+          "--config.distributed.cpu_collectives=gloo", "--config.distributed.timeout_s=120"]
+
+
 def test_two_processes_train_like_one_process(tmp_path, tiny_models, isolated_cache):
   # Reference: this process (8 devices), same config, same global batch of 8. It also fills the
   # dataset cache the two processes then read; its teacher tables are moved aside so that the two
   # processes encode them again, each its own half.
   loop.train(_config(tiny_models, steps=STEPS), tmp_path / "one")
   shutil.move(isolated_cache / "embeddings", tmp_path / "embeddings_one")
-  env = {**os.environ, "EDISTILL_CACHE": str(isolated_cache), "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT),
-         "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}  # 2 processes x 2 devices.
   port = _free_port()
   workdir = tmp_path / "two"
-  results = _run_processes([_main_command(
-      tiny_models, workdir, "--config.distributed.enabled=True", f"--config.distributed.coordinator_address=127.0.0.1:{port}",
-      "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}",
-      "--config.distributed.cpu_collectives=gloo", "--config.distributed.timeout_s=120") for i in (0, 1)], env)
+  results = _run_processes([_main_command(tiny_models, workdir, *_distributed_flags(port, i)) for i in (0, 1)],
+                           _env(isolated_cache))
   for i, r in enumerate(results):
     assert f"process {i} of 2, 2 local of 4 devices" in r.stderr
   # The teacher tables were split: process 0 encoded rows [0, ceil(N/2)) itself, process 1 the rest.
@@ -138,21 +147,13 @@ def test_sigterm_to_one_process_stops_both_at_the_same_saved_step(tmp_path, tiny
   """A preemption notice may reach one host only: both processes agree at the next log step, save the
   same step together and exit 143, instead of one saving alone while the other waits in a collective."""
   import signal
-  env = {**os.environ, "EDISTILL_CACHE": str(isolated_cache), "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT),
-         "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
   port, workdir = _free_port(), tmp_path / "two"
-  procs = [subprocess.Popen(_main_command(
-      tiny_models, workdir, "--config.train.steps=1000000", "--config.eval.at_end=True",
-      "--config.distributed.enabled=True", f"--config.distributed.coordinator_address=127.0.0.1:{port}",
-      "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}",
-      "--config.distributed.cpu_collectives=gloo", "--config.distributed.timeout_s=120"),
-      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in (0, 1)]
+  procs = [subprocess.Popen(_main_command(tiny_models, workdir, "--config.train.steps=1000000", "--config.eval.at_end=True",
+                                          *_distributed_flags(port, i)),
+                            cwd=ROOT, env=_env(isolated_cache), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True) for i in (0, 1)]
   try:
-    metrics, deadline = workdir / "metrics.jsonl", time.monotonic() + 240
-    while not (metrics.is_file() and metrics.read_text().count("\n") >= 2):
-      assert all(p.poll() is None for p in procs), [p.communicate()[0][-3000:] for p in procs]
-      assert time.monotonic() < deadline, "no training steps logged in 240 s"
-      time.sleep(0.2)
+    wait_for_logged_steps(workdir / "metrics.jsonl", procs)
     procs[1].send_signal(signal.SIGTERM)  # Process 1 only; process 0 writes the logs.
     outs = [p.communicate(timeout=120)[0] for p in procs]
   finally:

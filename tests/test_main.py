@@ -3,6 +3,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -102,11 +103,19 @@ def test_load_config_names_a_missing_file(tmp_path):
     config_lib.load_config(f"{tmp_path / 'nope.py'}:row=qemb")
 
 
+def wait_for_logged_steps(metrics: Path, procs: list[subprocess.Popen], n: int = 2, timeout: float = 240) -> None:
+  """Blocks until ``metrics`` (metrics.jsonl) holds ``n`` logged steps; fails if a process exits first."""
+  deadline = time.monotonic() + timeout
+  while not (metrics.is_file() and metrics.read_text().count("\n") >= n):
+    assert all(p.poll() is None for p in procs), [p.communicate()[0][-3000:] for p in procs]
+    assert time.monotonic() < deadline, f"no {n} training steps logged in {timeout} s"
+    time.sleep(0.2)
+
+
 def test_sigterm_saves_the_step_and_exits_without_evaluating(tmp_path, tiny_models, isolated_cache):
   """Preemption: the step in flight finishes and is saved, the exit status says SIGTERM (143), and the
   half-trained student is not evaluated (no results table)."""
   import signal
-  import time
   work = tmp_path / "work"
   cmd = [sys.executable, "-m", "edistill.main", "--config", str(ROOT / "configs/ablation.py:row=qemb,runlocal"),
          "--workdir", str(work), f"--config.teacher.name={tiny_models['mpnet']}",
@@ -115,11 +124,7 @@ def test_sigterm_saves_the_step_and_exits_without_evaluating(tmp_path, tiny_mode
          "--config.eval.at_end=True"]
   proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   metrics = work / "metrics.jsonl"
-  deadline = time.monotonic() + 240
-  while not (metrics.is_file() and metrics.read_text().count("\n") >= 2):
-    assert proc.poll() is None, proc.communicate()[0][-3000:]
-    assert time.monotonic() < deadline, "no training steps logged in 240 s"
-    time.sleep(0.2)
+  wait_for_logged_steps(metrics, [proc])
   proc.send_signal(signal.SIGTERM)
   out = proc.communicate(timeout=120)[0]
   assert proc.returncode == 128 + signal.SIGTERM, out[-3000:]

@@ -305,7 +305,8 @@ def train(cfg, workdir: str | Path) -> dict[str, float]:
       batch = jax.make_array_from_process_local_data(batch_sharding, local)
       state, metrics = step_fn(state, teacher_params, batch)
       done = step + 1
-      if done % cfg.train.log_every == 0 or done == total:
+      log_step = done % cfg.train.log_every == 0 or done == total  # Host sync: metrics, and the pod's stop vote.
+      if log_step:
         last = {k: float(v) for k, v in jax.device_get(metrics).items()}
         if not np.isfinite(last["loss"]):
           raise NonFiniteLossError(
@@ -322,8 +323,7 @@ def train(cfg, workdir: str | Path) -> dict[str, float]:
       if ckpt.should_save(done) and done != total:
         _check_finite(state, good_step, done, ckpt)
         ckpt.save(done, state)
-      at_sync = nproc == 1 or done % cfg.train.log_every == 0 or done == total
-      if at_sync and stop_requested(stop["signal"] is not None, nproc):
+      if (nproc == 1 or log_step) and stop_requested(stop["signal"] is not None, nproc):
         signum = int(stop["signal"] or signal.SIGTERM)  # Another process may have got it.
         logging.warning("Signal %s: saving step %d and stopping.", signum, done)
         _check_finite(state, good_step, done, ckpt)
