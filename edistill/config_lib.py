@@ -6,6 +6,7 @@ A config is an ``ml_collections.ConfigDict`` returned by ``get_config(arg)`` in 
 """
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -106,6 +107,17 @@ def base_config() -> ml_collections.ConfigDict:
   return cfg
 
 
+def cfg_value(cfg: ml_collections.ConfigDict, name: str):
+  """The value of a dotted ``config.a.b[i]`` name from ``non_finite_keys``."""
+  value = cfg
+  for part in name.split(".")[1:]:
+    field, _, index = part.partition("[")
+    value = value[field]
+    if index:
+      value = value[int(index[:-1])]
+  return value
+
+
 def cross_encoder_config() -> ml_collections.ConfigDict:
   """Cross-encoder settings: trained as ``student.kind="cross"``, distilled from as ``teacher.kind="cross"``."""
   return ml_collections.ConfigDict({
@@ -133,8 +145,26 @@ def runlocal(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return cfg
 
 
+def non_finite_keys(cfg: ml_collections.ConfigDict, prefix: str = "config") -> list[str]:
+  """Dotted names of every float field (at any depth, in tuples too) that is NaN or infinite."""
+  out = []
+  for key, value in cfg.items():
+    name = f"{prefix}.{key}"
+    if isinstance(value, ml_collections.ConfigDict):
+      out.extend(non_finite_keys(value, name))
+    elif isinstance(value, (tuple, list)):
+      out.extend(f"{name}[{i}]" for i, v in enumerate(value) if isinstance(v, float) and not math.isfinite(v))
+    elif isinstance(value, float) and not math.isfinite(value):
+      out.append(name)
+  return out
+
+
 def validate(cfg: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the offending key for inconsistent values."""
+  bad = non_finite_keys(cfg)
+  if bad:  # NaN passes every "< 0" / "<= 0" check below; it would only surface at the first step.
+    raise ValueError(f"{bad[0]}={cfg_value(cfg, bad[0])} must be a finite number"
+                     + (f" (also non-finite: {', '.join(bad[1:])})" if bad[1:] else "") + ".")
   if cfg.mode not in MODES:
     raise ValueError(f"config.mode={cfg.mode!r}; expected one of {MODES}.")
   for key in ("teacher", "student"):

@@ -119,9 +119,8 @@ def main(argv):
   distributed.initialize(config.get("distributed"))  # Before anything touches a JAX backend.
   workdir = epath.Path(_WORKDIR.value)  # A local path or gs://BUCKET/PATH (multi-host: shared by all).
   workdir.mkdir(parents=True, exist_ok=True)
-  if distributed.is_writer():  # config.json records what trained the workdir; other modes never overwrite it.
-    name = "config.json" if config.mode == "train" else f"config_{config.mode}.json"
-    (workdir / name).write_text(config.to_json_best_effort(indent=2))
+  if distributed.is_writer() and config.mode != "train":  # Training writes config.json once it has started.
+    (workdir / f"config_{config.mode}.json").write_text(config.to_json_best_effort(indent=2))
   if config.mode == "similarity":
     print(run_similarity(config, workdir))
   elif config.mode == "train":

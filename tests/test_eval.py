@@ -23,6 +23,16 @@ def test_dense_scores_rank_by_inner_product():
   assert out["ndcg@10"] == pytest.approx((1.0 + 1 / np.log2(3)) / 2)
 
 
+def test_a_nan_embedding_is_caught_before_the_metrics_naming_its_id():
+  docs = np.eye(3, dtype=np.float32)
+  queries = np.array([[0.9, 0.1, 0.0], [0.0, np.nan, 0.6]], np.float32)
+  with pytest.raises(FloatingPointError, match="1 of 2 query embeddings are non-finite, the first for query id 'q2'"):
+    evaluator.dense_scores(queries, docs, DATA, k=3)
+  docs[2, 0] = np.inf
+  with pytest.raises(FloatingPointError, match="document id 'c' \\(row 2\\)"):
+    evaluator.dense_scores(np.eye(3, dtype=np.float32)[:2], docs, DATA, k=3)
+
+
 def test_dense_scores_with_scann_reports_recall_against_exact():
   rng = np.random.default_rng(0)
   docs = rng.normal(size=(3, 8)).astype(np.float32)

@@ -197,9 +197,21 @@ def test_beir_upstream_lines_and_dataset_checks(tmp_path):
   (tmp_path / "qrels").mkdir()
   _write(tmp_path / "qrels" / "test.tsv", "query-id\tcorpus-id\tscore\n1\t4983\t1\n1\t999\t1\n")
   message = _error(formats.read_beir_dataset, tmp_path, "test")
-  assert message == f"{tmp_path / 'qrels' / 'test.tsv'}: qrels name unknown document id '999' (for query '1')."
+  assert message == f"{tmp_path / 'qrels' / 'test.tsv'}:3: qrels name unknown document id '999' (for query '1')."
   assert formats.read_beir_dataset(tmp_path, "test", errors="warn")[2] == {"1": {"4983": 1}}
   assert _error(formats.read_beir_dataset, tmp_path, "dev").startswith(f"{tmp_path / 'qrels' / 'dev.tsv'}: no such file")
+
+
+def test_qrels_ids_missing_from_the_corpus_name_the_line(tmp_path):
+  qrels = _write(tmp_path / "qrels.dev.tsv", "1 0 10 1\n2 0 11 1\n\n3 0 77 1\n")
+  message = _error(formats.read_msmarco_qrels, qrels, doc_ids={"10", "11"}, query_ids={"1", "2", "3"})
+  assert message == f"{qrels}:4: qrels name unknown document id '77' (for query '3')."
+  assert _error(formats.read_msmarco_qrels, qrels, doc_ids=None, query_ids={"1", "3"}) == (
+      f"{qrels}:2: qrels name unknown query id '2' (with document '11').")
+  report = Report()
+  kept = formats.read_msmarco_qrels(qrels, errors="warn", report=report, doc_ids={"10", "11"}, query_ids=None)
+  assert kept == {"1": {"10": 1}, "2": {"11": 1}} and report.skipped == 1
+  assert report.messages == [f"{qrels}:4: qrels name unknown document id '77' (for query '3')."]
 
 
 # ----------------------------------------------------------------------------------- DPR / NQ
@@ -247,6 +259,36 @@ def test_dpr_example_errors_name_the_example_line(tmp_path):
   assert _error(formats.iter_dpr_examples, path).startswith(f"{path}:2: not valid UTF-8")
   path = _write(tmp_path / "dict.json", '\n{"data": []}')
   assert _error(formats.iter_dpr_examples, path).startswith(f"{path}:2: expected a JSON list")
+
+
+@pytest.mark.parametrize("text", ["[]", "[ ]\n", "\n[\n]\n\n"])
+def test_empty_dpr_file_has_no_examples(tmp_path, text):
+  assert list(formats.iter_dpr_examples(_write(tmp_path / "nq-dev.json", text))) == []
+  path = _write(tmp_path / "extra.json", text + "[]")
+  assert "extra data after the list" in _error(formats.iter_dpr_examples, path)
+
+
+@pytest.mark.parametrize("reader,name,content,lineno,what", [
+    (formats.iter_msmarco_collection, "collection.tsv", "0\tok\n\t\n", 2, "empty pid"),
+    (formats.iter_msmarco_triples, "triples.train.small.tsv", "q\tp\tn\n\n\t\t\n", 3, "empty query"),
+    (formats.read_msmarco_queries, "queries.dev.tsv", "\t\n1\tq\n", 1, "empty qid"),
+    (formats.iter_msmarco_id_triples, "qidpidtriples.tsv", "1\t2\t3\n \t \t \n", 2, "empty qid"),
+    (formats.read_msmarco_qrels, "qrels.dev.tsv", "1 0 2 1\n\t\t\t\n", 2, "empty qid"),
+])
+def test_a_line_of_bare_separators_is_a_bad_record_not_a_blank_line(tmp_path, reader, name, content, lineno, what):
+  path = _write(tmp_path / name, content)
+  assert _error(reader, path).startswith(f"{path}:{lineno}: {what}")
+  report = Report()
+  result = reader(path, errors="warn", report=report)
+  list(result) if isinstance(result, Iterator) else result
+  assert report.skipped == 1  # Counted, not silently dropped.
+
+
+def test_whitespace_only_lines_are_blank(tmp_path):
+  path = _write(tmp_path / "collection.tsv", "0\tok\n   \n\n1\tfine\n")
+  assert [d.doc_id for d in formats.iter_msmarco_collection(path)] == ["0", "1"]
+  corpus = _write(tmp_path / "corpus.jsonl", '{"_id": "a", "text": "x"}\n\t\n')
+  assert [d.doc_id for d in formats.iter_beir_corpus(corpus)] == ["a"]  # JSON lines: a tab is whitespace.
 
 
 @pytest.mark.parametrize("name", ["psgs_w100.tsv", "psgs_w100.tsv.gz"])

@@ -74,6 +74,25 @@ def test_validation_names_the_key(key, value, message):
     config_lib.validate(cfg)
 
 
+@pytest.mark.parametrize("key,value", [
+    ("loss.temperature", float("nan")), ("loss.query_emb", float("nan")), ("loss.label", float("inf")),
+    ("train.learning_rate", float("nan")), ("train.weight_decay", -float("inf")),
+    ("cross_encoder.temperature", float("nan")),
+])
+def test_validation_rejects_non_finite_numbers_naming_the_key(key, value):
+  cfg = config_lib.base_config()
+  section, field = key.split(".")
+  cfg[section][field] = value
+  with pytest.raises(ValueError, match=re.escape(f"config.{key}={value} must be a finite number")):
+    config_lib.validate(cfg)
+
+
+def test_a_nan_on_the_command_line_stops_before_anything_runs(tmp_path):
+  proc = _run(tmp_path, "--config.loss.temperature=nan", "--mode=train", config="configs/ablation.py:row=qemb,runlocal")
+  assert proc.returncode != 0 and "config.loss.temperature=nan must be a finite number" in proc.stderr
+  assert not (tmp_path / "work" / "config.json").exists()
+
+
 def test_asymmetric_student_rejects_document_matching_and_all_zero_weights():
   cfg = config_lib.base_config()
   cfg.loss.doc_emb = 1.0
@@ -133,6 +152,67 @@ def test_sigterm_saves_the_step_and_exits_without_evaluating(tmp_path, tiny_mode
   assert len(saved) == 1 and saved[0] >= logged[-1] >= 2, (saved, logged)
   assert f"saved step {saved[0]}" in out
   assert not list(work.glob("results_*")), "a preempted run must not evaluate"
+
+
+def _tiny_train_cmd(work: Path, tiny_models, *overrides) -> list[str]:
+  return [sys.executable, "-m", "edistill.main", "--config", str(ROOT / "configs/ablation.py:row=qemb,runlocal"),
+          "--workdir", str(work), f"--config.teacher.name={tiny_models['mpnet']}",
+          f"--config.student.name={tiny_models['bert']}", "--config.teacher.num_layers=0",
+          "--config.student.num_layers=0", "--config.data.corpus_size=300", *overrides]
+
+
+def _logged_steps(metrics: Path) -> list[int]:
+  import json
+  return [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
+
+
+def _saved_steps(work: Path) -> list[int]:
+  d = work / "checkpoints"
+  return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.is_dir() else []
+
+
+def test_kill_9_and_resume_logs_each_step_once(tmp_path, tiny_models, isolated_cache):
+  """A kill -9 after a checkpoint loses the steps logged since; the resumed run logs them again, and
+  metrics.jsonl (what plots and tables read) still has each step once, in order."""
+  import signal
+  work = tmp_path / "work"
+  cmd = _tiny_train_cmd(work, tiny_models, "--config.train.steps=1000000", "--config.train.checkpoint_every=3")
+  proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  deadline = time.monotonic() + 240
+  while not (_saved_steps(work) and (work / "metrics.jsonl").is_file()
+             and len(_logged_steps(work / "metrics.jsonl")) > max(_saved_steps(work)) + 1):
+    assert proc.poll() is None, proc.communicate()[0][-3000:]
+    assert time.monotonic() < deadline
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.communicate(timeout=60)
+  killed_at = _logged_steps(work / "metrics.jsonl")[-1]
+  assert killed_at > max(_saved_steps(work)), "the kill must fall after the last checkpoint"
+  total = killed_at + 2
+  done = subprocess.run(_tiny_train_cmd(work, tiny_models, f"--config.train.steps={total}"),
+                        cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert _logged_steps(work / "metrics.jsonl") == list(range(1, total + 1))
+
+
+def test_a_train_run_that_fails_before_training_keeps_the_workdirs_config_json(tmp_path, tiny_models, isolated_cache):
+  work = tmp_path / "work"
+  work.mkdir()
+  (work / "config.json").write_text('{"what": "trained this workdir"}')
+  proc = subprocess.run(_tiny_train_cmd(work, tiny_models, "--config.data.source=beir",
+                                        f"--config.data.path={tmp_path / 'missing'}"),
+                        cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode != 0 and "missing" in proc.stderr
+  assert (work / "config.json").read_text() == '{"what": "trained this workdir"}'
+  assert not list(work.glob("config*.tmp*"))
+
+
+def test_a_missing_init_from_fails_without_creating_checkpoints(tmp_path, tiny_models, isolated_cache):
+  work = tmp_path / "work"
+  proc = subprocess.run(_tiny_train_cmd(work, tiny_models, f"--config.train.init_from={tmp_path / 'nope'}"),
+                        cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode != 0 and "init_from" in proc.stderr and "does not exist" in proc.stderr
+  assert not (work / "checkpoints").exists() and not (work / "config.json").exists()
 
 
 def test_mode_flag_overrides_the_config_and_precompute_writes_no_checkpoint(tmp_path, tiny_models, isolated_cache):

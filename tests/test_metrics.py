@@ -197,3 +197,14 @@ def test_bootstrap_ratio_ci_chunks_do_not_change_the_draws_and_errors_are_named(
     metrics.bootstrap_ratio_ci({"a": 1.0}, {"b": 1.0})
   with pytest.raises(ValueError, match="scores 0 on every query"):
     metrics.bootstrap_ratio_ci({"a": 1.0}, {"a": 0.0})
+
+
+@pytest.mark.parametrize("k", [None, 2])
+def test_a_non_finite_score_is_an_error_naming_the_document_and_query(k):
+  scores = {"a": 1.0, "b": math.nan, "c": 2.0, "d": 0.5, "e": math.nan}
+  with pytest.raises(ValueError, match="document 'b' has the non-finite score nan"):
+    metrics.rank(scores, k)
+  with pytest.raises(ValueError, match="document 'x' has the non-finite score inf"):
+    metrics.rank({"x": math.inf, "y": 0.0}, k)
+  with pytest.raises(ValueError, match=r"^query 'q2': document 'b' has the non-finite score nan"):
+    metrics.evaluate({"q1": {"a": 1.0}, "q2": scores}, {"q1": {"a": 1}, "q2": {"c": 1}})

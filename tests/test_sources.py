@@ -268,3 +268,12 @@ def test_debian_pairs_dedupe_by_source_and_drop_ambiguous_synopses():
   # foo-doc folds into source foo; bar/baz share a synopsis (ambiguous); qux's description is too short.
   assert col.queries == {"q:foo": "fast frobnicator for widgets"}
   assert col.qrels == {"q:foo": {"deb:foo": 1}}
+
+
+def test_the_cli_builds_the_same_benchmark_as_training_at_the_same_size(tmp_path, capsys):
+  from edistill.data import tfds_builders
+  sources.main(["--source", "stdlib", "--out", str(tmp_path / "cli"), "--corpus-size", "800"])
+  tfds_builders._build_offline("stdlib", tmp_path / "main", 800, 0)
+  cli, main = (json.loads((tmp_path / d / "manifest.json").read_text()) for d in ("cli", "main"))
+  assert cli["options"]["train_share"] == sources.TRAIN_SHARE == 0.5
+  assert cli["sha256"] == main["sha256"] and cli["counts"] == main["counts"]

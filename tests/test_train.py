@@ -1,4 +1,5 @@
 """The sharded train step, the loop (resume, NaN guard) and every ablation config, on tiny models."""
+import json
 from pathlib import Path
 
 import jax
@@ -233,6 +234,32 @@ def test_nan_mid_training_stops_with_the_step_range_and_keeps_the_last_good_chec
   c = checkpoint.Checkpointer(tmp_path / "checkpoints")
   assert c.all_steps() == [2]  # The good state survives; nothing non-finite was written.
   c.close()
+
+
+def test_config_json_is_written_once_training_runs_and_not_by_a_nan_first_step(
+    tmp_path, tiny_models, isolated_cache, monkeypatch):
+  cfg = _config(tiny_models, steps=2, log_every=1)
+  loop.train(cfg, tmp_path / "ok")
+  assert json.loads((tmp_path / "ok" / "config.json").read_text()) == json.loads(cfg.to_json_best_effort())
+  (tmp_path / "bad").mkdir()
+  (tmp_path / "bad" / "config.json").write_text("{}")
+  real_jit = loop.jit_train_step
+
+  def poisoned(*args, **kw):
+    fn = real_jit(*args, **kw)
+    return lambda state, teacher_params, batch: fn(state, jax.tree.map(lambda t: t * jnp.nan, teacher_params), batch)
+
+  monkeypatch.setattr(loop, "jit_train_step", poisoned)
+  with pytest.raises(loop.NonFiniteLossError, match=r"loss is nan at a step in \(0, 1\]"):
+    loop.train(cfg, tmp_path / "bad")
+  assert (tmp_path / "bad" / "config.json").read_text() == "{}"
+
+
+def test_metrics_lines_after_the_resumed_step_are_dropped():
+  lines = [json.dumps({"step": s, "loss": 1.0}) + "\n" for s in (1, 2, 3, 4)] + ['{"step": 5, "lo']
+  assert loop.lines_up_to(lines, 2) == lines[:2]
+  assert loop.lines_up_to(lines, 10) == lines[:4]  # The line cut short by a kill is dropped.
+  assert loop.lines_up_to(lines, 0) == []
 
 
 def test_online_teacher_in_the_loop_matches_the_precomputed_tables(tmp_path, tiny_models, isolated_cache):

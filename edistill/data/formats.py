@@ -204,8 +204,11 @@ def _open_bytes(path: Path) -> IO[bytes]:
   return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
 
 
-def _lines(path: Path, policy: _Policy) -> Iterator[tuple[int, str]]:
+def _lines(path: Path, policy: _Policy, separator: str | None = None) -> Iterator[tuple[int, str]]:
   """(1-based line number, text) of each non-blank line of a UTF-8 file, ``.gz`` or not.
+
+  Blank means whitespace only and no ``separator``: a TSV line of bare tabs is a record with empty
+  columns (the parser judges it), not a blank line to skip.
 
   Reads bytes and splits on "\\n" only: passages may hold a stray "\\r", which text mode would take
   for a line end. Strips just the newline (and a "\\r" before it, for CRLF files) and a leading BOM.
@@ -222,20 +225,21 @@ def _lines(path: Path, policy: _Policy) -> Iterator[tuple[int, str]]:
         except UnicodeDecodeError as e:
           policy.bad(f"not valid UTF-8 ({e.reason} at byte {e.start}).", lineno)
           continue
-        if line and not line.isspace():
+        if line and (not line.isspace() or (separator is not None and separator in line)):
           yield lineno, line
   except (OSError, EOFError, zlib.error) as e:  # Truncated or corrupt gzip: name the file.
     raise DataError(f"{path}:{lineno + 1}: cannot read ({e}).") from e
 
 
 def _records(path: str | os.PathLike, parse: Callable[[str], T], policy: _Policy,
-             header: tuple[str, ...] | None = None) -> Iterator[tuple[int, T]]:
+             header: tuple[str, ...] | None = None, separator: str | None = "\t") -> Iterator[tuple[int, T]]:
   """(line number, ``parse(line)``) for each good line; bad ones (parse raises _Bad) go to the policy.
 
   With ``header``, the first line must be exactly those tab-separated names and is not parsed.
+  ``separator``: the column separator (see ``_lines``; None for JSON lines).
   """
   path = Path(path)
-  for lineno, line in _lines(path, policy):
+  for lineno, line in _lines(path, policy, separator):
     if header is not None:
       if tuple(line.split("\t")) != header:
         policy.bad(f"expected the header {'<TAB>'.join(header)!r}, found {_snippet(line)}.", lineno)
@@ -354,14 +358,28 @@ def _trec_qrel(line: str) -> tuple[str, str, int]:
   return parts[0], parts[2], _relevance(parts[3], line)
 
 
-def read_msmarco_qrels(path: str | os.PathLike, *, errors: str = "raise",
-                       report: Report | None = None) -> Qrels:
+def _known_ids(pairs: Iterable[tuple[int, tuple[str, str, int]]], doc_ids: Container[str] | None,
+               query_ids: Container[str] | None, policy: _Policy) -> Iterator[tuple[int, tuple[str, str, int]]]:
+  """The qrels pairs whose ids are known (``None`` skips that check); others go to the policy at their line."""
+  for lineno, (q, d, rel) in pairs:
+    if query_ids is not None and q not in query_ids:
+      policy.bad(f"qrels name unknown query id {q!r} (with document {d!r}).", lineno)
+    elif doc_ids is not None and d not in doc_ids:
+      policy.bad(f"qrels name unknown document id {d!r} (for query {q!r}).", lineno)
+    else:
+      yield lineno, (q, d, rel)
+
+
+def read_msmarco_qrels(path: str | os.PathLike, *, errors: str = "raise", report: Report | None = None,
+                       doc_ids: Container[str] | None = None, query_ids: Container[str] | None = None) -> Qrels:
   """TREC qrels, as MS MARCO's ``qrels.*.tsv``: ``qid 0 pid relevance`` (tab or space separated).
 
-  The second (iteration) column is ignored; a repeated (qid, pid) pair is a duplicate.
+  The second (iteration) column is ignored; a repeated (qid, pid) pair is a duplicate. With
+  ``doc_ids`` / ``query_ids`` a pair naming an unknown id is a bad line (``file:line``).
   """
   def build(policy: _Policy) -> Iterator[tuple[int, tuple[str, str, int]]]:
-    return _unique(_records(path, _trec_qrel, policy), lambda r: r[:2], "qrels pair", policy)
+    pairs = _unique(_records(path, _trec_qrel, policy), lambda r: r[:2], "qrels pair", policy)
+    return _known_ids(pairs, doc_ids, query_ids, policy)
 
   return _qrels_from(_collect(path, errors, report, build))
 
@@ -372,7 +390,7 @@ def iter_msmarco_triples(path: str | os.PathLike, *, errors: str = "raise",
   names = ("query", "positive", "negative")
 
   def parse(line: str) -> tuple[str, str, str]:
-    return tuple(_columns(line, names, ids=()))
+    return tuple(_columns(line, names))
 
   return _stream(path, errors, report, lambda policy: _records(path, parse, policy))
 
@@ -433,7 +451,7 @@ def iter_beir_corpus(path: str | os.PathLike, *, errors: str = "raise", report: 
                      check_duplicates: bool = True) -> Iterator[Document]:
   """Streams BEIR ``corpus.jsonl``: one ``{"_id", "title", "text"}`` object a line (title optional)."""
   def build(policy: _Policy) -> Iterator[tuple[int, Document]]:
-    docs = _records(path, _beir_doc, policy)
+    docs = _records(path, _beir_doc, policy, separator=None)
     return _unique(docs, lambda d: d.doc_id, "_id", policy) if check_duplicates else docs
 
   return _stream(path, errors, report, build)
@@ -443,7 +461,7 @@ def read_beir_queries(path: str | os.PathLike, *, errors: str = "raise",
                       report: Report | None = None) -> dict[str, str]:
   """BEIR ``queries.jsonl``: one ``{"_id", "text"}`` object a line -> {query id: text}."""
   def build(policy: _Policy) -> Iterator[tuple[int, tuple[str, str]]]:
-    return _unique(_records(path, _beir_query, policy), lambda r: r[0], "_id", policy)
+    return _unique(_records(path, _beir_query, policy, separator=None), lambda r: r[0], "_id", policy)
 
   return dict(_collect(path, errors, report, build))
 
@@ -453,11 +471,14 @@ def _beir_qrel(line: str) -> tuple[str, str, int]:
   return q, d, _relevance(score, line)
 
 
-def read_beir_qrels(path: str | os.PathLike, *, errors: str = "raise", report: Report | None = None) -> Qrels:
-  """BEIR ``qrels/{split}.tsv``: the header ``query-id<TAB>corpus-id<TAB>score``, then one pair a line."""
+def read_beir_qrels(path: str | os.PathLike, *, errors: str = "raise", report: Report | None = None,
+                    doc_ids: Container[str] | None = None, query_ids: Container[str] | None = None) -> Qrels:
+  """BEIR ``qrels/{split}.tsv``: the header ``query-id<TAB>corpus-id<TAB>score``, then one pair a line.
+
+  With ``doc_ids`` / ``query_ids`` a pair naming an unknown id is a bad line (``file:line``)."""
   def build(policy: _Policy) -> Iterator[tuple[int, tuple[str, str, int]]]:
     rows = _records(path, _beir_qrel, policy, header=_BEIR_QRELS_HEADER)
-    return _unique(rows, lambda r: r[:2], "qrels pair", policy)
+    return _known_ids(_unique(rows, lambda r: r[:2], "qrels pair", policy), doc_ids, query_ids, policy)
 
   return _qrels_from(_collect(path, errors, report, build))
 
@@ -478,16 +499,16 @@ def read_beir_dataset(data_dir: str | os.PathLike, split: str = "test", *, error
   """A BEIR dataset directory (as ``write_beir`` writes it) -> (corpus, queries, qrels of ``split``).
 
   ``queries`` holds every query in ``queries.jsonl``, not only the split's. With ``check`` the qrels
-  are checked against the corpus and queries (``check_qrels``, same ``errors`` policy).
+  are checked against the corpus and queries as they are read (same ``errors`` policy; errors name
+  the qrels file's line).
   """
   data_dir = Path(data_dir)
   corpus_path = _existing(data_dir / "corpus.jsonl")
   corpus = {d.doc_id: d for d in iter_beir_corpus(corpus_path, errors=errors, report=report)}
   queries = read_beir_queries(_existing(data_dir / "queries.jsonl"), errors=errors, report=report)
   qrels_path = _existing(data_dir / "qrels" / f"{split}.tsv")
-  qrels = read_beir_qrels(qrels_path, errors=errors, report=report)
-  if check:
-    qrels = check_qrels(qrels, corpus, queries, qrels_path, errors=errors, report=report)
+  known = (corpus, queries) if check else (None, None)
+  qrels = read_beir_qrels(qrels_path, errors=errors, report=report, doc_ids=known[0], query_ids=known[1])
   return corpus, queries, qrels
 
 
@@ -535,6 +556,8 @@ def _json_array(path: Path) -> Iterator[tuple[int, object]]:
                     f"found {_snippet(text[i:i + 20])}.")
   i = _JSON_SPACE.match(text, i + 1).end()
   closed = text.startswith("]", i)
+  if closed:  # An empty list.
+    i = _JSON_SPACE.match(text, i + 1).end()
   while not closed:
     try:
       element, end = decoder.raw_decode(text, i)

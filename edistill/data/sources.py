@@ -103,6 +103,11 @@ def split_queries(query_ids: Iterable[str], seed: int, n_test: int, n_dev: int,
           "test": order[:n_test]}
 
 
+# Share of a subset's free slots given to train positives (the rest: random distractors), so a
+# training run at N documents has labeled pairs to learn from; one value for the CLI and for main.
+TRAIN_SHARE = 0.5
+
+
 def subset_corpus(doc_ids: Sequence[str], qrels: Qrels, splits: Mapping[str, Sequence[str]],
                   size: int | None, seed: int, train_share: float = 0.0) -> set[str]:
   """Doc ids to keep: all dev/test positives, then train positives, then random distractors."""
@@ -644,9 +649,14 @@ def build_debian(root: Path | None = None, refresh: bool = False) -> Collection:
 
 
 def build(source: str, out_dir: str | os.PathLike, *, seed: int = 0, corpus_size: int | None = None,
-          n_test: int | None = None, n_dev: int | None = None, train_share: float = 0.0,
+          n_test: int | None = None, n_dev: int | None = None, train_share: float | None = None,
           pos: Sequence[str] = ("noun",)) -> Path:
-  """Builds ``source`` into ``out_dir`` (BEIR + manifest.json); returns the directory."""
+  """Builds ``source`` into ``out_dir`` (BEIR + manifest.json); returns the directory.
+
+  ``train_share`` None: ``TRAIN_SHARE``, the share ``edistill.main`` builds its subsets with, so the
+  CLI and training make the same benchmark from the same arguments."""
+  if train_share is None:
+    train_share = TRAIN_SHARE if corpus_size else 0.0
   if source == "stdlib":
     col, opts = build_stdlib(), {}
   elif source == "wordnet_gcide":
@@ -690,8 +700,9 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--n-test", "--n_test", type=int, default=None)
   parser.add_argument("--n-dev", "--n_dev", type=int, default=None)
-  parser.add_argument("--train-share", "--train_share", type=float, default=0.0,
-                      help="share of the free subset slots given to train positives before distractors")
+  parser.add_argument("--train-share", "--train_share", type=float, default=None,
+                      help="share of the free subset slots given to train positives before distractors "
+                           f"(default {TRAIN_SHARE}, as edistill.main builds it)")
   parser.add_argument("--pos", default="noun", help="wordnet_gcide: comma-separated of noun,verb,adj,adv")
   parser.add_argument("--bm25", action="store_true", help="also print BM25 MRR@10 / R@10 on test")
   args = parser.parse_args(argv)

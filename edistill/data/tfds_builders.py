@@ -88,10 +88,6 @@ def _first(root: Path, *names: str) -> Path | None:
   return next((p for n in names for p in (root / n, root / f"{n}.gz") if p.is_file()), None)
 
 
-def _check(qrels, queries, doc_ids, source, errors):
-  return formats.check_qrels(qrels, doc_ids, queries, source, errors=errors)
-
-
 def _corpus(root: Path, name: str, reader, errors: str) -> tuple[set[str], Iterator[dict]]:
   """Validates the corpus file once (ids, duplicates) and returns its ids and a record stream."""
   path = _first(root, name)
@@ -107,7 +103,7 @@ def _beir_splits(root: Path, errors: str) -> dict:
   out = {"corpus": records}
   for path in sorted((root / "qrels").glob("*.tsv*")):
     split = path.name.split(".")[0]
-    qrels = _check(formats.read_beir_qrels(path, errors=errors), queries, doc_ids, path, errors)
+    qrels = formats.read_beir_qrels(path, errors=errors, doc_ids=doc_ids, query_ids=queries)
     out[f"queries_{split}"] = _query_records(queries, qrels)
   return out
 
@@ -120,7 +116,7 @@ def _msmarco_splits(root: Path, errors: str) -> dict:
     r_path = _first(root, f"qrels.{split}.tsv", f"qrels.{split}.small.tsv")
     if q_path and r_path:
       queries = formats.read_msmarco_queries(q_path, errors=errors)
-      qrels = _check(formats.read_msmarco_qrels(r_path, errors=errors), queries, doc_ids, r_path, errors)
+      qrels = formats.read_msmarco_qrels(r_path, errors=errors, doc_ids=doc_ids, query_ids=queries)
       out[f"queries_{split}"] = _query_records(queries, qrels)
   return out
 
@@ -138,7 +134,7 @@ def _dpr_splits(root: Path, errors: str) -> dict:
       queries[q] = ex.question
       qrels[q] = {d.doc_id: 1 for d in ex.positives}
       hard[q] = [d.doc_id for d in ex.hard_negatives]
-    qrels = _check(qrels, queries, doc_ids, path, errors)
+    qrels = formats.check_qrels(qrels, doc_ids, queries, path, errors=errors)  # Names the example's query id.
     out[f"queries_{split}"] = _query_records(queries, qrels, hard)
   return out
 
@@ -233,7 +229,7 @@ def _offline_dir(root: Path, source: str, corpus_size: int, seed: int) -> Path:
 
 def _build_offline(source: str, raw: Path, corpus_size: int, seed: int) -> None:
   from edistill.data import sources
-  sources.build(source, raw, seed=seed, corpus_size=corpus_size or None, train_share=0.5 if corpus_size else 0.0)
+  sources.build(source, raw, seed=seed, corpus_size=corpus_size or None)  # sources.TRAIN_SHARE, as the CLI.
 
 
 def unlabeled_queries(source: str, path: str = "", corpus_size: int = 0, seed: int = 0, errors: str = "raise",

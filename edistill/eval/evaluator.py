@@ -54,6 +54,8 @@ def dense_scores(query_emb: np.ndarray, doc_emb: np.ndarray, data, k: int = 100,
                  scann_overrides: dict | None = None, metrics: Sequence[str] = METRICS) -> dict[str, Any]:
   """Metrics of exact top-k search (and ScaNN's, prefixed ``scann/``, with its recall vs exact), and
   the exact search's per-query MRR@10 under ``PER_QUERY``."""
+  _check_finite_rows(query_emb, data.query_ids, "query")
+  _check_finite_rows(doc_emb, data.doc_ids, "document")
   k = min(k, len(data.doc_ids))
   exact_idx, exact_scores = index_lib.exact_search(query_emb, doc_emb, k)
   run = metrics_lib.run_from_topk(data.query_ids, data.doc_ids, np.asarray(exact_idx), np.asarray(exact_scores))
@@ -72,6 +74,15 @@ def dense_scores(query_emb: np.ndarray, doc_emb: np.ndarray, data, k: int = 100,
     out["scann/recall@10_vs_exact"] = index_lib.recall_against_exact(idx, np.asarray(exact_idx), min(10, k))
     out["scann/build_s"] = build_s
   return out
+
+
+def _check_finite_rows(emb: np.ndarray, ids: Sequence[str], what: str) -> None:
+  """Raises naming the first of ``ids`` whose embedding row ([N, D]) holds a NaN or infinity: search
+  would rank it arbitrarily and the metrics would look merely low."""
+  bad = np.flatnonzero(~np.isfinite(np.asarray(emb)).all(axis=1))
+  if len(bad):
+    raise FloatingPointError(f"{len(bad)} of {len(ids)} {what} embeddings are non-finite, the first for "
+                             f"{what} id {ids[bad[0]]!r} (row {bad[0]}); check the model's parameters.")
 
 
 def embed(model: DenseModel, data, max_query_length: int, max_doc_length: int, cache_dir: str | os.PathLike | None,

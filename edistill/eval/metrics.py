@@ -50,7 +50,14 @@ _Kernel = Callable[[Sequence[int], Sequence[int], int | None], float]
 
 
 def rank(scores: Mapping[str, float], k: int | None = None) -> list[str]:
-  """Doc ids by score descending, ties by doc id descending (trec_eval), the first ``k`` only."""
+  """Doc ids by score descending, ties by doc id descending (trec_eval), the first ``k`` only.
+
+  A NaN or infinite score raises ValueError naming the document: NaN has no order, so any ranking
+  of it (and every metric after it) would be arbitrary.
+  """
+  bad = next((doc for doc, s in scores.items() if not math.isfinite(s)), None)
+  if bad is not None:
+    raise ValueError(f"document {bad!r} has the non-finite score {scores[bad]}")
   key = lambda item: (item[1], item[0])
   # nlargest(k, ...) == sorted(..., reverse=True)[:k] (the keys are unique), without a full sort.
   items = scores.items()
@@ -119,7 +126,11 @@ def per_query(run: Run, qrels: Qrels, metrics: Sequence[str]) -> dict[str, dict[
     ideal = sorted((r for r in judged.values() if r > 0), reverse=True)
     if not ideal:
       continue  # No relevant document: every metric is undefined, the query is left out.
-    gains = [judged.get(doc, 0) for doc in rank(run.get(qid, {}), depth)]  # Absent from run: [].
+    try:
+      ranked = rank(run.get(qid, {}), depth)  # Absent from run: [].
+    except ValueError as e:
+      raise ValueError(f"query {qid!r}: {e}") from None
+    gains = [judged.get(doc, 0) for doc in ranked]
     for spec, kernel, k in parsed:
       out[spec][qid] = kernel(gains, ideal, k)
   return out

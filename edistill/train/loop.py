@@ -54,20 +54,43 @@ class Preempted(Exception):
     self.signum, self.step = signum, step
 
 
+def lines_up_to(lines: list[str], step: int) -> list[str]:
+  """The ``metrics.jsonl`` lines of steps <= ``step`` (what a run resumed at ``step`` keeps): the
+  steps after it are re-run and logged again, and a line cut short by a kill is dropped."""
+  kept = []
+  for line in lines:
+    try:
+      logged = json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+      continue
+    if logged <= step:
+      kept.append(line if line.endswith("\n") else line + "\n")
+  return kept
+
+
 class MetricsWriter:
   """TensorBoard event files + ``metrics.jsonl`` in the workdir (process 0 only).
 
-  An object-store workdir (gs://) cannot append: there the jsonl file is rewritten at each write."""
+  A run resumed at ``start_step`` first drops what was logged after that step (it is logged again),
+  in both files, so each step appears once. An object-store workdir (gs://) cannot append: there
+  the jsonl file is rewritten at each write."""
 
-  def __init__(self, workdir: Path, enabled: bool = True):
+  def __init__(self, workdir: Path, enabled: bool = True, start_step: int = 0):
     self.enabled = enabled
     if enabled:
       from tensorboardX import SummaryWriter
-      self.tb = SummaryWriter(str(workdir / "tensorboard"))
+      # purge_step: TensorBoard hides events at steps >= it from earlier event files.
+      self.tb = SummaryWriter(str(workdir / "tensorboard"), purge_step=start_step + 1 if start_step else None)
       self.path, self.remote = epath.Path(workdir) / "metrics.jsonl", "://" in str(workdir)
+      old = self.path.read_text().splitlines(keepends=True) if self.path.exists() else []
+      self.lines = lines_up_to(old, start_step)
       if self.remote:
-        self.lines = self.path.read_text().splitlines(keepends=True) if self.path.exists() else []
+        if self.lines != old:
+          self.path.write_text("".join(self.lines))
       else:
+        if self.lines != old:
+          with formats.atomic_file(self.path) as tmp:
+            Path(tmp).write_text("".join(self.lines), encoding="utf-8")
         self.jsonl = open(self.path, "a", encoding="utf-8")
 
   def write(self, step: int, metrics: dict[str, float]) -> None:
@@ -262,13 +285,35 @@ def precompute(cfg) -> str:
           + (f"; teacher tables {shapes}" if shapes else "") + f"; cache {zoo.cache_dir()}.")
 
 
+def _check_init_from(cfg, ckpt_dir) -> None:
+  """A missing ``train.init_from`` fails before anything is built or created (a resume ignores it)."""
+  if cfg.train.init_from and not (ckpt_dir.exists() and any(ckpt_dir.iterdir())):
+    if not epath.Path(cfg.train.init_from).is_dir():
+      raise checkpoint.CheckpointNotFoundError(
+          f"config.train.init_from={cfg.train.init_from!r}: init checkpoint directory does not exist.")
+
+
+def write_config_record(cfg, workdir) -> None:
+  """``workdir/config.json``, the record of what trained the workdir, written whole or not at all."""
+  path, text = epath.Path(workdir) / "config.json", cfg.to_json_best_effort(indent=2)
+  if "://" in str(workdir):
+    path.write_text(text)  # An object store replaces the object whole.
+    return
+  with formats.atomic_file(path) as tmp:
+    Path(tmp).write_text(text, encoding="utf-8")
+
+
 def train(cfg, workdir: str | Path) -> dict[str, float]:
   """Runs (or resumes) training to ``cfg.train.steps``; returns the last logged metrics.
 
+  ``config.json`` is (re)written only once training has really started: just before the first
+  metrics line or checkpoint, so a run that fails before (a missing path, a NaN first loss) leaves
+  the workdir's record of what trained it as it was.
   Raises ``Preempted`` after saving if SIGTERM arrives, ``NonFiniteLossError`` on a NaN/Inf loss.
   """
   workdir = epath.Path(workdir)
   pid, nproc = jax.process_index(), jax.process_count()
+  _check_init_from(cfg, workdir / "checkpoints")
   setup = build(cfg, pid, nproc, multihost=nproc > 1)  # Every process together: encodings split across them.
   mesh = mesh_lib.make_mesh(dict(cfg.mesh))
   batch_sharding = mesh_lib.batch_sharding(mesh)
@@ -294,8 +339,15 @@ def train(cfg, workdir: str | Path) -> dict[str, float]:
 
   stop = {"signal": None}
   previous = signal.signal(signal.SIGTERM, lambda signum, _: stop.update(signal=signum))
-  writer = MetricsWriter(workdir, enabled=pid == 0)
   start, total = int(state.step), cfg.train.steps
+  writer = MetricsWriter(workdir, enabled=pid == 0, start_step=start)
+  recorded = {"config": pid != 0}
+
+  def record() -> None:  # Before the first line or checkpoint this run writes.
+    if not recorded["config"]:
+      write_config_record(cfg, workdir)
+      recorded["config"] = True
+
   last: dict[str, float] = {}
   good_step, t0 = start, time.perf_counter()
   preempted = None
@@ -315,6 +367,7 @@ def train(cfg, workdir: str | Path) -> dict[str, float]:
         good_step = done
         elapsed = time.perf_counter() - t0
         last["examples_per_s"] = cfg.train.batch_size * (done - start) / max(elapsed, 1e-9)
+        record()
         writer.write(done, last)
         bar.set_postfix(loss=f"{last['loss']:.4f}")
       bar.update(1)
@@ -322,16 +375,19 @@ def train(cfg, workdir: str | Path) -> dict[str, float]:
         writer.write(done, evaluate_during_training(cfg, workdir, state))
       if ckpt.should_save(done) and done != total:
         _check_finite(state, good_step, done, ckpt)
+        record()
         ckpt.save(done, state)
       if (nproc == 1 or log_step) and stop_requested(stop["signal"] is not None, nproc):
         signum = int(stop["signal"] or signal.SIGTERM)  # Another process may have got it.
         logging.warning("Signal %s: saving step %d and stopping.", signum, done)
         _check_finite(state, good_step, done, ckpt)
+        record()
         ckpt.save(done, state)
         preempted = Preempted(signum, done, ckpt.directory)
         break
     else:
       _check_finite(state, good_step, total, ckpt)
+      record()
       ckpt.save(int(state.step), state)
     bar.close()
   finally:
