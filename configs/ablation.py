@@ -14,7 +14,9 @@ rows (each adds one component to the previous):
 students: l6 = all-MiniLM-L6-v2 (22.7M), l2 = its first 2 layers (~11M with embeddings).
 scale knobs (defaults: the rows above): ``steps``; ``unlabeled`` = how many unlabeled queries the
 ``unlab`` row draws (more than the pool holds takes them all); ``pool=wordnet_all`` adds every other
-WordNet gloss to the pool (~104k instead of ~36k; config.data.unlabeled_pool).
+WordNet gloss to the pool (~104k instead of ~36k; config.data.unlabeled_pool); ``source`` (default
+wordnet_gcide; debian for the second domain); ``n_test`` / ``n_dev`` the split sizes (0: corpus/20,
+corpus/40; ``corpus=10000,n_test=1000,n_dev=500`` is the evaluation that can tell 2-point effects).
 
 Data: WordNet -> GCIDE, a ``corpus``-document slice (default 2,000), documents cut to 64 tokens.
 Training: batch 32, AdamW, no dropout (the teacher's targets are the regulariser), ``steps`` and
@@ -29,7 +31,7 @@ STUDENTS = {"l6": (0, 300, 2e-4), "l2": (2, 600, 5e-4)}  # num_layers (0 = all),
 
 def get_config(arg=None):
   args = config_lib.parse_arg(arg, row="qemb", student="l6", corpus=2000, steps=0, unlabeled=8000, pool="slice",
-                              runlocal=False)
+                              n_test=0, n_dev=0, source="wordnet_gcide", runlocal=False)
   if args.row not in ROWS:
     raise ValueError(f"row={args.row!r}; expected one of {ROWS}.")
   if args.student not in STUDENTS:
@@ -37,7 +39,8 @@ def get_config(arg=None):
   cfg = config_lib.base_config()
   layers, steps, lr = STUDENTS[args.student]
   steps = args.steps or steps
-  cfg.data.corpus_size, cfg.data.max_doc_length = args.corpus, 64
+  cfg.data.source, cfg.data.corpus_size, cfg.data.max_doc_length = args.source, args.corpus, 64
+  cfg.data.n_test, cfg.data.n_dev = args.n_test, args.n_dev
   cfg.student.num_layers, cfg.student.dropout = layers, 0.0
   cfg.train.update(batch_size=32, steps=steps, learning_rate=lr, warmup_steps=steps // 10, log_every=20,
                    checkpoint_every=max(100, steps // 32))  # A save costs ~1.5 s on 2 cores: ~32 a run.

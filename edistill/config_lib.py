@@ -12,11 +12,12 @@ from pathlib import Path
 
 import ml_collections
 
-MODES = ("train", "eval", "precompute", "export", "similarity")
+MODES = ("train", "eval", "cross_domain", "precompute", "export", "similarity")
 STUDENT_KINDS = ("tied", "untied", "asymmetric", "cross")  # "cross": train a cross-encoder (configs/cross_encoder.py)
 REMAT = ("none", "layer")
 UNLABELED_POOLS = ("slice", "wordnet_all")  # config.data.unlabeled_pool (data/tfds_builders.py)
-SOURCES = ("stdlib", "wordnet_gcide", "debian", "beir", "msmarco", "dpr_nq")
+OFFLINE_SOURCES = ("stdlib", "wordnet_gcide", "debian")  # Built here (data/sources.py); the rest are read from data.path.
+SOURCES = (*OFFLINE_SOURCES, "beir", "msmarco", "dpr_nq")
 
 
 def cache_root() -> Path:
@@ -70,6 +71,8 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.seed = 0
   cfg.data = ml_collections.ConfigDict({
       "source": "wordnet_gcide", "path": "", "corpus_size": 10000, "split": "train", "errors": "raise",
+      # Offline benchmarks: test / dev queries (0 = the source's default for corpus_size: N/20, N/40).
+      "n_test": 0, "n_dev": 0,
       "max_query_length": 32, "max_doc_length": 128, "num_hard_negatives": 0,
       # Extra training queries without labels (0 = none): each gets the teacher's top-1 document
       # as its positive; from ``unlabeled_path`` or, for an offline benchmark subset, its own.
@@ -103,6 +106,9 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.eval = ml_collections.ConfigDict({
       "split": "test", "models": ("teacher", "student_zero_shot", "student", "bm25"), "k": 100, "scann": True,
       "checkpoint": "", "every_steps": 0, "during_training_split": "dev",
+      # --mode cross_domain: benchmarks to evaluate the trained student on (eval/suite.parse_domain),
+      # e.g. ("wordnet_gcide:10000", "debian:10000", "stdlib", "beir:/data/scifact").
+      "domains": (),
       "at_end": True})  # After training: evaluate every model in eval.models on eval.split.
   return cfg
 
@@ -211,6 +217,11 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   if cfg.data.unlabeled_pool == "wordnet_all" and (cfg.data.source != "wordnet_gcide" or cfg.data.unlabeled_path):
     raise ValueError("config.data.unlabeled_pool='wordnet_all' needs config.data.source='wordnet_gcide' and "
                      "no config.data.unlabeled_path.")
+  if cfg.data.n_test < 0 or cfg.data.n_dev < 0:
+    raise ValueError(f"config.data.n_test={cfg.data.n_test} / n_dev={cfg.data.n_dev} must be >= 0 (0 = default).")
+  if (cfg.data.n_test or cfg.data.n_dev) and cfg.data.source not in OFFLINE_SOURCES:
+    raise ValueError(f"config.data.n_test / n_dev split an offline benchmark {OFFLINE_SOURCES}; "
+                     f"data.source={cfg.data.source!r} brings its own splits.")
   if cfg.data.unlabeled_queries < 0:
     raise ValueError(f"config.data.unlabeled_queries={cfg.data.unlabeled_queries} must be >= 0.")
   if cfg.data.unlabeled_queries and not (cfg.student.kind == "asymmetric" or any(

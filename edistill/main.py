@@ -5,6 +5,7 @@
 Modes (``--mode`` overrides ``config.mode``):
   train       train (resuming from DIR's checkpoints), then evaluate if ``config.eval.at_end``
   eval        evaluate DIR's latest checkpoint (or ``config.eval.checkpoint``) and the baselines
+  cross_domain  the same on the test split of every benchmark in ``config.eval.domains``, one table
   precompute  only fill the caches training reads: the dataset, the teacher's query/document tables
               (split across hosts on a pod), pseudo-labels; a later ``train`` starts from them
   export      write the trained student's towers (DIR's latest checkpoint or ``config.eval.checkpoint``)
@@ -136,6 +137,9 @@ def main(argv):
         print(evaluate(config, workdir))
   elif config.mode == "eval":
     print(evaluate(config, workdir))
+  elif config.mode == "cross_domain":
+    from edistill.eval import evaluator, suite
+    print(evaluator.domains_table(suite.run_domains(config, workdir), config.data))
   elif config.mode == "export":
     print(run_export(config, workdir))
   elif config.mode == "precompute":

@@ -103,3 +103,20 @@ def test_unlabeled_pool_is_checked_before_anything_is_built(tmp_path):
   with pytest.raises(ValueError, match="unlabeled_pool='wordnet_all' needs data.source='wordnet_gcide'"):
     tfds_builders.unlabeled_queries("stdlib", corpus_size=300, pool="wordnet_all", cache=tmp_path)
   assert not list(tmp_path.iterdir())
+
+
+def test_split_sizes_are_configurable_and_keyed_into_the_prepared_copy(tmp_path):
+  from edistill import config_lib
+  cfg = config_lib.base_config()
+  cfg.data.update(source="stdlib", corpus_size=1200, n_test=300, n_dev=150)
+  b = tfds_builders.prepare_config(cfg.data, 0, cache=tmp_path)
+  test, dev, train = (tfds_builders.load(b, s) for s in ("test", "dev", "train"))
+  assert (len(test.query_ids), len(dev.query_ids)) == (300, 150)  # stdlib: one positive per query, all kept.
+  assert all(d in set(test.doc_ids) for s in (test, dev) for ds in s.qrels.values() for d in ds)
+  default = tfds_builders.load(tfds_builders.prepare("stdlib", corpus_size=1200, cache=tmp_path), "test")
+  assert len(default.query_ids) == 1200 // 20  # The default sizes keep their own copy (and old caches' names).
+  assert sorted(p.name for p in (tmp_path / "datasets").iterdir()) == [
+      "stdlib-1200-seed0", "stdlib-1200-seed0-test300-dev150"]
+  cfg.data.update(source="beir", path=str(tmp_path))
+  with pytest.raises(ValueError, match="config.data.n_test / n_dev split an offline benchmark"):
+    config_lib.validate(cfg)

@@ -202,18 +202,19 @@ def load(b: Retrieval, split: str) -> RetrievalSet:
 
 
 def prepare(source: str, path: str = "", corpus_size: int = 0, seed: int = 0, errors: str = "raise",
-            cache: str | os.PathLike | None = None) -> Retrieval:
+            cache: str | os.PathLike | None = None, *, n_test: int = 0, n_dev: int = 0) -> Retrieval:
   """A prepared builder for a config's data section.
 
   ``source`` is an offline benchmark (``stdlib``, ``wordnet_gcide``, ``debian``: built once into the
-  cache) or a raw format (``beir``, ``msmarco``, ``dpr_nq``) whose files are in ``path``.
+  cache; ``n_test`` / ``n_dev`` > 0 set its split sizes, 0 keeps the source's default for the
+  corpus size) or a raw format (``beir``, ``msmarco``, ``dpr_nq``) whose files are in ``path``.
   """
   from edistill.data import sources  # Only needed for the offline benchmarks.
   root = Path(cache) if cache else cache_root()
   if source in sources.SOURCES:
-    raw = _offline_dir(root, source, corpus_size, seed)
+    raw = _offline_dir(root, source, corpus_size, seed, n_test, n_dev)
     if not (raw / "manifest.json").is_file():
-      _build_offline(source, raw, corpus_size, seed)
+      _build_offline(source, raw, corpus_size, seed, n_test, n_dev)
     return builder("beir", raw, root / "tfds" / raw.name, errors)
   if source in KINDS:
     if not path:
@@ -223,18 +224,26 @@ def prepare(source: str, path: str = "", corpus_size: int = 0, seed: int = 0, er
   raise ValueError(f"config.data.source={source!r}; expected one of {sorted((*sources.SOURCES, *KINDS))}.")
 
 
-def _offline_dir(root: Path, source: str, corpus_size: int, seed: int) -> Path:
-  return root / "datasets" / f"{source}-{corpus_size or 'full'}-seed{seed}"
+def prepare_config(data, seed: int, cache: str | os.PathLike | None = None) -> Retrieval:
+  """``prepare`` for a config's ``data`` section."""
+  return prepare(data.source, data.path, data.corpus_size, seed, data.errors, cache,
+                 n_test=data.get("n_test", 0), n_dev=data.get("n_dev", 0))
 
 
-def _build_offline(source: str, raw: Path, corpus_size: int, seed: int) -> None:
+def _offline_dir(root: Path, source: str, corpus_size: int, seed: int, n_test: int = 0, n_dev: int = 0) -> Path:
+  sizes = f"-test{n_test or 'default'}-dev{n_dev or 'default'}" if n_test or n_dev else ""
+  return root / "datasets" / f"{source}-{corpus_size or 'full'}-seed{seed}{sizes}"
+
+
+def _build_offline(source: str, raw: Path, corpus_size: int, seed: int, n_test: int = 0, n_dev: int = 0) -> None:
   from edistill.data import sources
-  sources.build(source, raw, seed=seed, corpus_size=corpus_size or None)  # sources.TRAIN_SHARE, as the CLI.
+  sources.build(source, raw, seed=seed, corpus_size=corpus_size or None,  # sources.TRAIN_SHARE, as the CLI.
+                n_test=n_test or None, n_dev=n_dev or None)
 
 
 def unlabeled_queries(source: str, path: str = "", corpus_size: int = 0, seed: int = 0, errors: str = "raise",
                       unlabeled_path: str = "", cache: str | os.PathLike | None = None,
-                      pool: str = "slice") -> dict[str, str]:
+                      pool: str = "slice", *, n_test: int = 0, n_dev: int = 0) -> dict[str, str]:
   """{query id: text} of unlabeled training queries, in file order.
 
   ``unlabeled_path`` names a queries file (BEIR ``.jsonl`` or MS MARCO ``.tsv``, optionally ``.gz``);
@@ -253,11 +262,11 @@ def unlabeled_queries(source: str, path: str = "", corpus_size: int = 0, seed: i
     if source not in sources.SOURCES or not corpus_size:
       raise ValueError(f"config.data.unlabeled_path must name a queries file: data.source={source!r} with "
                        f"corpus_size={corpus_size} has no built-in unlabeled queries.")
-    prepare(source, path, corpus_size, seed, errors, cache)
-    raw = _offline_dir(Path(cache) if cache else cache_root(), source, corpus_size, seed)
+    prepare(source, path, corpus_size, seed, errors, cache, n_test=n_test, n_dev=n_dev)
+    raw = _offline_dir(Path(cache) if cache else cache_root(), source, corpus_size, seed, n_test, n_dev)
     unlabeled_path = raw / "unlabeled_queries.jsonl"
     if not unlabeled_path.is_file():  # Built by an older edistill: rebuild (deterministic, same files).
-      _build_offline(source, raw, corpus_size, seed)
+      _build_offline(source, raw, corpus_size, seed, n_test, n_dev)
     if pool == "wordnet_all":
       own, unlabeled_path = unlabeled_path, raw / "unlabeled_wordnet_all.jsonl"
       if not unlabeled_path.is_file():

@@ -190,8 +190,36 @@ def write_results(workdir: str | os.PathLike, split: str, rows: dict[str, dict[s
   if per_query:
     files.append((f"per_query_{split}.json", json.dumps(per_query, indent=1, sort_keys=True)))
   for name, text in files:
-    tmp = workdir / f".{name}.tmp"
-    tmp.write_text(text)
-    tmp.replace(workdir / name)
+    write_text(workdir / name, text)
   logging.info("Results written to %s", workdir / f"results_{split}.md")
   return workdir / f"results_{split}.md"
+
+
+def write_text(path, text: str) -> None:
+  """Writes ``text`` to ``path`` (local or gs://) whole or not at all (a temporary sibling, renamed)."""
+  path = epath.Path(path)
+  tmp = path.parent / f".{path.name}.tmp"
+  tmp.write_text(text)
+  tmp.replace(path)
+
+
+def domains_table(rows_by_domain: dict[str, dict[str, dict[str, float]]], trained_on=None,
+                  teacher: str = "teacher") -> str:
+  """Markdown over domains: per (domain, model) MRR@10, R@10 and the share of that domain's teacher
+  with its 95 % interval; each model's row is the same model evaluated on every domain."""
+  where = (f" (trained on {trained_on.source}"
+           + (f" at {trained_on.corpus_size} documents" if trained_on.get("corpus_size") else "") + ")"
+           if trained_on is not None else "")
+  lines = [f"# Cross-domain evaluation{where}", "",
+           "Test splits; % teacher = MRR@10 as a share of the teacher's on the same domain, with its paired "
+           "bootstrap 95 % interval over that domain's queries.", "",
+           "| domain | queries | model | mrr@10 | recall@10 | % teacher MRR@10 | 95 % interval |",
+           "|---|---|---|---|---|---|---|"]
+  for domain, rows in rows_by_domain.items():
+    ref = rows.get(teacher, {}).get("mrr@10")
+    for name, r in rows.items():
+      share = f"{100 * r['mrr@10'] / ref:.1f}" if ref else ""
+      ci = f"{r['teacher_pct_lo']:.1f}-{r['teacher_pct_hi']:.1f}" if "teacher_pct_lo" in r else ""
+      lines.append(f"| {domain} | {int(r.get('num_queries', 0))} | {name} | {r['mrr@10']:.4f} | "
+                   f"{r['recall@10']:.4f} | {share} | {ci} |")
+  return "\n".join(lines) + "\n"

@@ -57,13 +57,14 @@ def student_model(cfg, student_pre: zoo.Pretrained, params: dict, teacher_docs: 
 
 
 def load_split(cfg, split: str):
-  b = tfds_builders.prepare(cfg.data.source, cfg.data.path, cfg.data.corpus_size, cfg.seed, cfg.data.errors)
+  b = tfds_builders.prepare_config(cfg.data, cfg.seed)
   return tfds_builders.load(b, split)
 
 
 def run(cfg, workdir: str | Path, split: str | None = None, student_params: dict | None = None,
-        models=None, scann: bool | None = None) -> dict[str, dict[str, float]]:
-  """Evaluates ``models`` (default ``cfg.eval.models``) on ``split``; writes results_<split>.{json,md}."""
+        models=None, scann: bool | None = None, name: str | None = None) -> dict[str, dict[str, float]]:
+  """Evaluates ``models`` (default ``cfg.eval.models``) on ``split``; writes results_<name>.{json,md}
+  (``name`` defaults to the split)."""
   workdir = epath.Path(workdir)  # Local or gs://.
   split = split or cfg.eval.split
   models = tuple(models or cfg.eval.models)
@@ -107,11 +108,58 @@ def run(cfg, workdir: str | Path, split: str | None = None, student_params: dict
                        "query_ms": evaluator.query_latency_ms(st, data.query_texts, lq)}
   if "bm25" in models:
     rows["bm25"] = evaluator.bm25(data, cfg.eval.k)
+  name = name or split
   header = (f"# {cfg.data.source} {split}: {len(data.query_ids)} queries, {len(data.doc_ids)} documents\n\n"
             f"Exact search{' (ScaNN rows: scann/*)' if scann else ''}; query latency = batch 1, CPU; "
-            f"95 % interval: paired bootstrap of % teacher MRR@10 over these queries (per_query_{split}.json).\n\n")
+            f"95 % interval: paired bootstrap of % teacher MRR@10 over these queries (per_query_{name}.json).\n\n")
   rows, per_query = evaluator.teacher_intervals(rows)
   if jax.process_index() == 0:  # Only process 0 writes results (every process computes them).
-    evaluator.write_results(workdir, split, rows, header, per_query)
+    evaluator.write_results(workdir, name, rows, header, per_query)
   logging.info("\n%s", evaluator.results_table(rows))
   return rows
+
+
+def parse_domain(spec: str) -> tuple[str, dict]:
+  """A ``config.eval.domains`` entry -> (its name, the ``config.data`` fields it sets).
+
+  ``"SOURCE"`` or ``"SOURCE:CORPUS_SIZE"`` is an offline benchmark (stdlib, wordnet_gcide, debian) with
+  its full test and dev pools (``sources.POOLS``: 1,000 / 500 test / dev queries for WordNet and
+  Debian), the shape a training run with ``data.n_test`` / ``n_dev`` at the pool sizes sees;
+  ``"beir:DIR"`` is a BEIR directory (its ``qrels/test.tsv``).
+  """
+  from edistill.data import sources
+  source, _, arg = spec.partition(":")
+  if source == "beir":
+    if not arg:
+      raise ValueError(f"config.eval.domains entry {spec!r}: 'beir:DIR' needs the directory.")
+    return f"beir-{Path(arg).name}", {"source": "beir", "path": arg, "corpus_size": 0, "n_test": 0, "n_dev": 0}
+  if source not in sources.SOURCES or (arg and not arg.isdigit()):
+    raise ValueError(f"config.eval.domains entry {spec!r}: expected SOURCE[:CORPUS_SIZE] with SOURCE one of "
+                     f"{sources.SOURCES}, or beir:DIR.")
+  test, dev = sources.POOLS[source]
+  size = int(arg) if arg else 0
+  return (f"{source}-{size}" if size else source), {"source": source, "path": "", "corpus_size": size,
+                                                    "n_test": test, "n_dev": dev}
+
+
+def run_domains(cfg, workdir: str | Path, domains=None) -> dict[str, dict[str, dict[str, float]]]:
+  """Evaluates ``cfg.eval.models`` on the test split of each of ``domains`` (default
+  ``cfg.eval.domains``): results_<domain>_test.{json,md} each, and one table over all of them in
+  results_cross_domain.md. Returns {domain: rows}."""
+  domains = tuple(domains or cfg.eval.domains)
+  if not domains:
+    raise ValueError("config.eval.domains is empty: name the benchmarks to evaluate on, e.g. "
+                     "('wordnet_gcide:10000', 'debian:10000', 'stdlib', 'beir:/path/to/dir').")
+  out = {}
+  for spec in domains:
+    name, data = parse_domain(spec)
+    dcfg = cfg.copy_and_resolve_references()
+    with dcfg.unlocked():
+      dcfg.data.update(data)
+      dcfg.data.unlabeled_queries = 0  # Training-only fields of the trained-on domain.
+      dcfg.querygen.ratio = 0.0
+    logging.info("Cross-domain evaluation on %s", name)
+    out[name] = run(dcfg, workdir, split="test", name=f"{name}_test")
+  if jax.process_index() == 0:
+    evaluator.write_text(epath.Path(workdir) / "results_cross_domain.md", evaluator.domains_table(out, cfg.data))
+  return out

@@ -147,7 +147,7 @@ def lstsq_projection(student: np.ndarray, teacher: np.ndarray, ridge: float = 1e
 
 def training_data(cfg):
   """The train split, with generated queries mixed in at ``cfg.querygen.ratio``."""
-  b = tfds_builders.prepare(cfg.data.source, cfg.data.path, cfg.data.corpus_size, cfg.seed, cfg.data.errors)
+  b = tfds_builders.prepare_config(cfg.data, cfg.seed)
   data = tfds_builders.load(b, cfg.data.split)
   if cfg.querygen.ratio > 0:
     queries = dict(zip(data.query_ids, data.query_texts))
@@ -188,7 +188,8 @@ def with_unlabeled(cfg, data, tpre, tables: dict[str, np.ndarray], multihost: bo
   (``multihost``: as in ``build``)."""
   d = cfg.data
   pool = _process0_first_if(multihost, lambda: tfds_builders.unlabeled_queries(
-      d.source, d.path, d.corpus_size, cfg.seed, d.errors, d.unlabeled_path, pool=d.unlabeled_pool), "unlabeled")
+      d.source, d.path, d.corpus_size, cfg.seed, d.errors, d.unlabeled_path, pool=d.unlabeled_pool,
+      n_test=d.n_test, n_dev=d.n_dev), "unlabeled")
   pool_ids = sorted(pool)
   pick = np.sort(np.random.default_rng([cfg.seed, 11]).permutation(len(pool_ids))[:cfg.data.unlabeled_queries])
   ids = [pool_ids[i] for i in pick]
