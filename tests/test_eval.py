@@ -115,21 +115,20 @@ def test_parse_domain_gives_the_full_pools_of_an_offline_benchmark():
 
 
 def test_cross_domain_evaluates_every_model_on_each_domain_in_one_table(tmp_path, tiny_models, isolated_cache):
-  cfg = _config(tiny_models, steps=2)
+  cfg = _config(tiny_models, steps=1)
   loop.train(cfg, tmp_path)
-  in_domain = suite.run(cfg, tmp_path, split="test")
-  cfg.eval.domains = ("stdlib:1000", "stdlib:1200")
+  in_domain = suite.run(cfg, tmp_path, split="test", models=("bm25",))
+  cfg.eval.domains = ("stdlib:1000",)
   cfg.eval.scann = False
   out = suite.run_domains(cfg, tmp_path)
-  assert list(out) == ["stdlib-1000", "stdlib-1200"]
-  for name, rows in out.items():
-    assert set(rows) == {"teacher", "student_zero_shot", "student", "bm25"}, name
-    assert (tmp_path / f"results_{name}_test.md").is_file()
-  big = out["stdlib-1200"]
-  assert big["bm25"]["num_queries"] > in_domain["bm25"]["num_queries"]  # The full test pool.
+  assert list(out) == ["stdlib-1000"]
+  rows = out["stdlib-1000"]
+  assert set(rows) == {"teacher", "student_zero_shot", "student", "bm25"}
+  assert (tmp_path / "results_stdlib-1000_test.md").is_file()
+  assert rows["bm25"]["num_queries"] == 500 > in_domain["bm25"]["num_queries"]  # The full test pool.
   table = (tmp_path / "results_cross_domain.md").read_text()
-  assert table.count("| stdlib-1200 |") == 4 and table.count("| stdlib-1000 |") == 4
-  share = 100 * big["student"]["mrr@10"] / big["teacher"]["mrr@10"]
-  assert f"| stdlib-1200 | {int(big['student']['num_queries'])} | student | {big['student']['mrr@10']:.4f} |" in table
-  assert f"| {share:.1f} | {big['student']['teacher_pct_lo']:.1f}-" in table
+  assert table.count("| stdlib-1000 |") == 4
+  share = 100 * rows["student"]["mrr@10"] / rows["teacher"]["mrr@10"]
+  assert f"| stdlib-1000 | 500 | student | {rows['student']['mrr@10']:.4f} |" in table
+  assert f"| {share:.1f} | {rows['student']['teacher_pct_lo']:.1f}-" in table
   assert (tmp_path / "results_test.json").is_file()  # The in-domain results are not overwritten.

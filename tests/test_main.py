@@ -108,12 +108,16 @@ def _load(config: str):
   return config_lib.load_config(ROOT / config)
 
 
-def test_demo_is_the_ablations_last_row_with_the_six_layer_student():
-  demo, row = _load("configs/demo.py"), _load("configs/ablation.py:row=unlab,student=l6")
+def test_demo_is_the_ablations_score_row_with_the_six_layer_student_and_large_splits():
+  demo = _load("configs/demo.py")
+  row = _load("configs/ablation.py:row=score,student=l6,n_test=500,n_dev=250")
   config_lib.validate(demo)
+  with row.unlocked():
+    row.data.unlabeled_queries = demo.data.unlabeled_queries
   assert demo.to_dict() == row.to_dict()
-  assert (demo.student.kind, demo.student.num_layers, demo.data.corpus_size) == ("asymmetric", 0, 2000)
-  assert demo.data.unlabeled_queries == 8000 and demo.loss.query_emb == 5.0 and demo.querygen.ratio == 0.5
+  assert (demo.student.kind, demo.student.num_layers, demo.data.corpus_size) == ("tied", 0, 2000)
+  assert (demo.data.n_test, demo.data.n_dev) == (500, 250)  # Test splits that can tell (>= 500 queries).
+  assert demo.loss.score == 1.0 and demo.loss.query_emb == 0.0
   assert _load("configs/demo.py:steps=7").train.steps == 7
 
 
