@@ -113,17 +113,6 @@ def base_config() -> ml_collections.ConfigDict:
   return cfg
 
 
-def cfg_value(cfg: ml_collections.ConfigDict, name: str):
-  """The value of a dotted ``config.a.b[i]`` name from ``non_finite_keys``."""
-  value = cfg
-  for part in name.split(".")[1:]:
-    field, _, index = part.partition("[")
-    value = value[field]
-    if index:
-      value = value[int(index[:-1])]
-  return value
-
-
 def cross_encoder_config() -> ml_collections.ConfigDict:
   """Cross-encoder settings: trained as ``student.kind="cross"``, distilled from as ``teacher.kind="cross"``."""
   return ml_collections.ConfigDict({
@@ -151,17 +140,17 @@ def runlocal(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return cfg
 
 
-def non_finite_keys(cfg: ml_collections.ConfigDict, prefix: str = "config") -> list[str]:
-  """Dotted names of every float field (at any depth, in tuples too) that is NaN or infinite."""
+def non_finite_keys(cfg: ml_collections.ConfigDict, prefix: str = "config") -> list[tuple[str, float]]:
+  """(dotted name, value) of every float field (at any depth, in tuples too) that is NaN or infinite."""
   out = []
   for key, value in cfg.items():
     name = f"{prefix}.{key}"
     if isinstance(value, ml_collections.ConfigDict):
       out.extend(non_finite_keys(value, name))
     elif isinstance(value, (tuple, list)):
-      out.extend(f"{name}[{i}]" for i, v in enumerate(value) if isinstance(v, float) and not math.isfinite(v))
+      out.extend((f"{name}[{i}]", v) for i, v in enumerate(value) if isinstance(v, float) and not math.isfinite(v))
     elif isinstance(value, float) and not math.isfinite(value):
-      out.append(name)
+      out.append((name, value))
   return out
 
 
@@ -169,8 +158,9 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the offending key for inconsistent values."""
   bad = non_finite_keys(cfg)
   if bad:  # NaN passes every "< 0" / "<= 0" check below; it would only surface at the first step.
-    raise ValueError(f"{bad[0]}={cfg_value(cfg, bad[0])} must be a finite number"
-                     + (f" (also non-finite: {', '.join(bad[1:])})" if bad[1:] else "") + ".")
+    (name, value), others = bad[0], [n for n, _ in bad[1:]]
+    raise ValueError(f"{name}={value} must be a finite number"
+                     + (f" (also non-finite: {', '.join(others)})" if others else "") + ".")
   if cfg.mode not in MODES:
     raise ValueError(f"config.mode={cfg.mode!r}; expected one of {MODES}.")
   for key in ("teacher", "student"):

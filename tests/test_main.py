@@ -135,29 +135,6 @@ def wait_for_logged_steps(metrics: Path, procs: list[subprocess.Popen], n: int =
     time.sleep(0.2)
 
 
-def test_sigterm_saves_the_step_and_exits_without_evaluating(tmp_path, tiny_models, isolated_cache):
-  """Preemption: the step in flight finishes and is saved, the exit status says SIGTERM (143), and the
-  half-trained student is not evaluated (no results table)."""
-  import signal
-  work = tmp_path / "work"
-  cmd = [sys.executable, "-m", "edistill.main", "--config", str(ROOT / "configs/ablation.py:row=qemb,runlocal"),
-         "--workdir", str(work), f"--config.teacher.name={tiny_models['mpnet']}",
-         f"--config.student.name={tiny_models['bert']}", "--config.teacher.num_layers=0",
-         "--config.student.num_layers=0", "--config.data.corpus_size=300", "--config.train.steps=1000000",
-         "--config.eval.at_end=True"]
-  proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-  metrics = work / "metrics.jsonl"
-  wait_for_logged_steps(metrics, [proc])
-  proc.send_signal(signal.SIGTERM)
-  out = proc.communicate(timeout=120)[0]
-  assert proc.returncode == 128 + signal.SIGTERM, out[-3000:]
-  saved = sorted(int(p.name) for p in (work / "checkpoints").iterdir() if p.name.isdigit())
-  logged = [int(line.split('"step": ')[1].split(",")[0]) for line in metrics.read_text().splitlines()]
-  assert len(saved) == 1 and saved[0] >= logged[-1] >= 2, (saved, logged)
-  assert f"saved step {saved[0]}" in out
-  assert not list(work.glob("results_*")), "a preempted run must not evaluate"
-
-
 def _tiny_train_cmd(work: Path, tiny_models, *overrides) -> list[str]:
   return [sys.executable, "-m", "edistill.main", "--config", str(ROOT / "configs/ablation.py:row=qemb,runlocal"),
           "--workdir", str(work), f"--config.teacher.name={tiny_models['mpnet']}",
@@ -173,6 +150,24 @@ def _logged_steps(metrics: Path) -> list[int]:
 def _saved_steps(work: Path) -> list[int]:
   d = work / "checkpoints"
   return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.is_dir() else []
+
+
+def test_sigterm_saves_the_step_and_exits_without_evaluating(tmp_path, tiny_models, isolated_cache):
+  """Preemption: the step in flight finishes and is saved, the exit status says SIGTERM (143), and the
+  half-trained student is not evaluated (no results table)."""
+  import signal
+  work = tmp_path / "work"
+  cmd = _tiny_train_cmd(work, tiny_models, "--config.train.steps=1000000", "--config.eval.at_end=True")
+  proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  metrics = work / "metrics.jsonl"
+  wait_for_logged_steps(metrics, [proc])
+  proc.send_signal(signal.SIGTERM)
+  out = proc.communicate(timeout=120)[0]
+  assert proc.returncode == 128 + signal.SIGTERM, out[-3000:]
+  saved, logged = _saved_steps(work), _logged_steps(metrics)
+  assert len(saved) == 1 and saved[0] >= logged[-1] >= 2, (saved, logged)
+  assert f"saved step {saved[0]}" in out
+  assert not list(work.glob("results_*")), "a preempted run must not evaluate"
 
 
 def test_kill_9_and_resume_logs_each_step_once(tmp_path, tiny_models, isolated_cache):

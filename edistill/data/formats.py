@@ -61,6 +61,17 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     tmp.unlink(missing_ok=True)
 
 
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+  """Writes ``text`` to ``path`` whole or not at all: locally through ``atomic_file``; an object
+  store (``gs://...``) replaces an object whole on its own."""
+  if "://" in str(path):
+    from etils import epath
+    epath.Path(path).write_text(text)
+    return
+  with atomic_file(path) as tmp:
+    tmp.write_text(text, encoding="utf-8")
+
+
 def _atomic_write_lines(path: Path, lines: Iterable[str]) -> None:
   with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
     for line in lines:
@@ -358,9 +369,11 @@ def _trec_qrel(line: str) -> tuple[str, str, int]:
   return parts[0], parts[2], _relevance(parts[3], line)
 
 
-def _known_ids(pairs: Iterable[tuple[int, tuple[str, str, int]]], doc_ids: Container[str] | None,
-               query_ids: Container[str] | None, policy: _Policy) -> Iterator[tuple[int, tuple[str, str, int]]]:
-  """The qrels pairs whose ids are known (``None`` skips that check); others go to the policy at their line."""
+def _known_ids(pairs: Iterable[tuple[int | None, tuple[str, str, int]]], doc_ids: Container[str] | None,
+               query_ids: Container[str] | None,
+               policy: _Policy) -> Iterator[tuple[int | None, tuple[str, str, int]]]:
+  """The (line, qrels pair) whose ids are known (``None`` skips that check); the others go to the
+  policy at their line (None: a pair not read from a file)."""
   for lineno, (q, d, rel) in pairs:
     if query_ids is not None and q not in query_ids:
       policy.bad(f"qrels name unknown query id {q!r} (with document {d!r}).", lineno)
@@ -662,21 +675,8 @@ def check_qrels(qrels: Qrels, doc_ids: Container[str] | None, query_ids: Contain
   each (query, document) pair it touches is dropped and counted, and queries left empty are removed.
   """
   policy = _Policy(source, errors, report, unit="qrels pair")
-  out: Qrels = {}
+  pairs = ((None, (q, d, rel)) for q, docs in qrels.items() for d, rel in docs.items())
   try:
-    for q, docs in qrels.items():
-      if query_ids is not None and q not in query_ids:
-        for d in docs:
-          policy.bad(f"qrels name unknown query id {q!r} (with document {d!r}).")
-        continue
-      kept = {}
-      for d, rel in docs.items():
-        if doc_ids is not None and d not in doc_ids:
-          policy.bad(f"qrels name unknown document id {d!r} (for query {q!r}).")
-        else:
-          kept[d] = rel
-      if kept:
-        out[q] = kept
+    return _qrels_from(pair for _, pair in _known_ids(pairs, doc_ids, query_ids, policy))
   finally:
     policy.summarize()
-  return out

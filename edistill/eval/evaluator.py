@@ -18,6 +18,7 @@ from absl import logging
 from etils import epath
 
 from edistill import xla_options
+from edistill.data import formats
 from edistill.eval import encode as encode_lib
 from edistill.eval import index as index_lib
 from edistill.eval import metrics as metrics_lib
@@ -190,17 +191,9 @@ def write_results(workdir: str | os.PathLike, split: str, rows: dict[str, dict[s
   if per_query:
     files.append((f"per_query_{split}.json", json.dumps(per_query, indent=1, sort_keys=True)))
   for name, text in files:
-    write_text(workdir / name, text)
+    formats.write_text_atomic(workdir / name, text)
   logging.info("Results written to %s", workdir / f"results_{split}.md")
   return workdir / f"results_{split}.md"
-
-
-def write_text(path, text: str) -> None:
-  """Writes ``text`` to ``path`` (local or gs://) whole or not at all (a temporary sibling, renamed)."""
-  path = epath.Path(path)
-  tmp = path.parent / f".{path.name}.tmp"
-  tmp.write_text(text)
-  tmp.replace(path)
 
 
 def domains_table(rows_by_domain: dict[str, dict[str, dict[str, float]]], trained_on=None,

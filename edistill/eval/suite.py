@@ -13,7 +13,7 @@ from absl import logging
 from etils import epath
 
 from edistill import checkpoint
-from edistill.data import tfds_builders
+from edistill.data import formats, tfds_builders
 from edistill.eval import encode as encode_lib
 from edistill.eval import evaluator
 from edistill.models import zoo
@@ -161,5 +161,5 @@ def run_domains(cfg, workdir: str | Path, domains=None) -> dict[str, dict[str, d
     logging.info("Cross-domain evaluation on %s", name)
     out[name] = run(dcfg, workdir, split="test", name=f"{name}_test")
   if jax.process_index() == 0:
-    evaluator.write_text(epath.Path(workdir) / "results_cross_domain.md", evaluator.domains_table(out, cfg.data))
+    formats.write_text_atomic(epath.Path(workdir) / "results_cross_domain.md", evaluator.domains_table(out, cfg.data))
   return out

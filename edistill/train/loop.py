@@ -84,13 +84,9 @@ class MetricsWriter:
       self.path, self.remote = epath.Path(workdir) / "metrics.jsonl", "://" in str(workdir)
       old = self.path.read_text().splitlines(keepends=True) if self.path.exists() else []
       self.lines = lines_up_to(old, start_step)
-      if self.remote:
-        if self.lines != old:
-          self.path.write_text("".join(self.lines))
-      else:
-        if self.lines != old:
-          with formats.atomic_file(self.path) as tmp:
-            Path(tmp).write_text("".join(self.lines), encoding="utf-8")
+      if self.lines != old:
+        formats.write_text_atomic(self.path, "".join(self.lines))
+      if not self.remote:
         self.jsonl = open(self.path, "a", encoding="utf-8")
 
   def write(self, step: int, metrics: dict[str, float]) -> None:
@@ -294,16 +290,6 @@ def _check_init_from(cfg, ckpt_dir) -> None:
           f"config.train.init_from={cfg.train.init_from!r}: init checkpoint directory does not exist.")
 
 
-def write_config_record(cfg, workdir) -> None:
-  """``workdir/config.json``, the record of what trained the workdir, written whole or not at all."""
-  path, text = epath.Path(workdir) / "config.json", cfg.to_json_best_effort(indent=2)
-  if "://" in str(workdir):
-    path.write_text(text)  # An object store replaces the object whole.
-    return
-  with formats.atomic_file(path) as tmp:
-    Path(tmp).write_text(text, encoding="utf-8")
-
-
 def train(cfg, workdir: str | Path) -> dict[str, float]:
   """Runs (or resumes) training to ``cfg.train.steps``; returns the last logged metrics.
 
@@ -344,10 +330,15 @@ def train(cfg, workdir: str | Path) -> dict[str, float]:
   writer = MetricsWriter(workdir, enabled=pid == 0, start_step=start)
   recorded = {"config": pid != 0}
 
-  def record() -> None:  # Before the first line or checkpoint this run writes.
+  def record() -> None:  # config.json, the record of what trained the workdir: before its first line or checkpoint.
     if not recorded["config"]:
-      write_config_record(cfg, workdir)
+      formats.write_text_atomic(workdir / "config.json", cfg.to_json_best_effort(indent=2))
       recorded["config"] = True
+
+  def save(step: int) -> None:  # Never a non-finite state; config.json first.
+    _check_finite(state, good_step, step, ckpt)
+    record()
+    ckpt.save(step, state)
 
   last: dict[str, float] = {}
   good_step, t0 = start, time.perf_counter()
@@ -375,21 +366,15 @@ def train(cfg, workdir: str | Path) -> dict[str, float]:
       if cfg.eval.every_steps and done % cfg.eval.every_steps == 0 and pid == 0:
         writer.write(done, evaluate_during_training(cfg, workdir, state))
       if ckpt.should_save(done) and done != total:
-        _check_finite(state, good_step, done, ckpt)
-        record()
-        ckpt.save(done, state)
+        save(done)
       if (nproc == 1 or log_step) and stop_requested(stop["signal"] is not None, nproc):
         signum = int(stop["signal"] or signal.SIGTERM)  # Another process may have got it.
         logging.warning("Signal %s: saving step %d and stopping.", signum, done)
-        _check_finite(state, good_step, done, ckpt)
-        record()
-        ckpt.save(done, state)
+        save(done)
         preempted = Preempted(signum, done, ckpt.directory)
         break
     else:
-      _check_finite(state, good_step, total, ckpt)
-      record()
-      ckpt.save(int(state.step), state)
+      save(int(state.step))
     bar.close()
   finally:
     signal.signal(signal.SIGTERM, previous)
