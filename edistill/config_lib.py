@@ -74,6 +74,9 @@ def base_config() -> ml_collections.ConfigDict:
       # Offline benchmarks: test / dev queries (0 = the source's default for corpus_size: N/20, N/40).
       "n_test": 0, "n_dev": 0,
       "max_query_length": 32, "max_doc_length": 128, "num_hard_negatives": 0,
+      # Training batches (data/pipeline.py): sort runs of bucket_window batches by query length, pad
+      # each batch to its longest row rounded up to pad_multiple (0 = off: fixed shapes, random batches).
+      "bucket_window": 0, "pad_multiple": 0,
       # Extra training queries without labels (0 = none): each gets the teacher's top-1 document
       # as its positive; from ``unlabeled_path`` or, for an offline benchmark subset, its own.
       # unlabeled_pool: "slice" (the subset's own) or, for wordnet_gcide, "wordnet_all" (+ every other
@@ -212,6 +215,9 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   if (cfg.data.n_test or cfg.data.n_dev) and cfg.data.source not in OFFLINE_SOURCES:
     raise ValueError(f"config.data.n_test / n_dev split an offline benchmark {OFFLINE_SOURCES}; "
                      f"data.source={cfg.data.source!r} brings its own splits.")
+  if cfg.data.bucket_window < 0 or cfg.data.pad_multiple < 0:
+    raise ValueError(f"config.data.bucket_window={cfg.data.bucket_window} / pad_multiple={cfg.data.pad_multiple} "
+                     "must be >= 0 (0 = off).")
   if cfg.data.unlabeled_queries < 0:
     raise ValueError(f"config.data.unlabeled_queries={cfg.data.unlabeled_queries} must be >= 0.")
   if cfg.data.unlabeled_queries and not (cfg.student.kind == "asymmetric" or any(

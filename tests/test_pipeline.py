@@ -139,3 +139,58 @@ def test_pipeline_from_a_loaded_retrieval_set(tmp_path):
     assert b["negative_mask"][i].tolist() == expected
   q0_rows = [i for i, q in enumerate(b["query_index"]) if q == 0]
   assert all(b["negative_mask"][i].sum() >= 1 for i in q0_rows)
+
+
+def _long_pipe(**kw):
+  """96 queries whose lengths spread over 2..32 tokens (batches of 8)."""
+  n_q, n_d = 96, 60
+  positives = {q: np.array([q % n_d], np.int32) for q in range(n_q)}
+  ex = pipeline.build_examples(positives, n_d, num_hard_negatives=1, seed=3)
+  return pipeline.Pipeline(ex, _tokens(n_q, 32, seed=5), _tokens(n_d, 24, seed=6), 8, seed=11,
+                           positives=positives, **kw)
+
+
+def test_bucketing_keeps_each_epochs_rows_and_groups_similar_lengths():
+  plain, bucketed = _long_pipe(), _long_pipe(bucket_window=4)
+  for epoch in (0, 1):
+    a, b = plain.epoch_rows(epoch), bucketed.epoch_rows(epoch)
+    assert sorted(a.tolist()) == sorted(b.tolist()) and not np.array_equal(a, b)
+    np.testing.assert_array_equal(np.sort(a[:32]), np.sort(b[:32]))  # A window is a run of the permutation.
+  spread = lambda p: np.mean([np.ptp(p.queries.lengths[p.examples.query[p.global_rows(s)]]) for s in range(12)])
+  assert spread(bucketed) < 0.5 * spread(plain)
+  assert not np.array_equal(bucketed.epoch_rows(0), bucketed.epoch_rows(1))
+
+
+def test_bucketed_trimmed_batches_resume_and_split_across_hosts():
+  kw = dict(bucket_window=3, pad_multiple=8)
+  straight = list(_long_pipe(**kw).iterate(0, 16))
+  for a, b in zip(straight[9:], _long_pipe(**kw).iterate(9, 7)):
+    for k in a:
+      np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+  for step in (0, 5, 13):
+    shares = [_long_pipe(process_index=i, process_count=4, **kw).batch(step) for i in range(4)]
+    for key in ("query_input_ids", "query_attention_mask", "doc_input_ids", "negative_mask"):
+      np.testing.assert_array_equal(np.concatenate([s[key] for s in shares]), straight[step][key], err_msg=key)
+
+
+def test_pad_multiple_trims_only_padding():
+  full, trimmed = _long_pipe(bucket_window=2), _long_pipe(bucket_window=2, pad_multiple=8)
+  widths = set()
+  for step in range(12):
+    a, b = full.batch(step), trimmed.batch(step)
+    rows = full.global_rows(step)
+    lq = b["query_input_ids"].shape[1]
+    longest = full.queries.lengths[full.examples.query[rows]].max()
+    assert lq % 8 == 0 and longest <= lq < longest + 8
+    ld = b["doc_input_ids"].shape[2]
+    assert ld <= 24 and (ld % 8 == 0 or ld == 24) and ld >= full.docs.lengths[full.examples.docs[rows]].max()
+    widths.add(lq)
+    for k in ("query_input_ids", "query_attention_mask"):
+      np.testing.assert_array_equal(b[k], a[k][:, :lq], err_msg=k)
+      assert not a[k][:, lq:].any(), k  # What was cut is padding (pad id 0) only.
+    np.testing.assert_array_equal(b["doc_attention_mask"], a["doc_attention_mask"][..., :ld])
+    for k in ("query_index", "doc_index", "negative_mask"):
+      np.testing.assert_array_equal(a[k], b[k])
+  assert len(widths) > 1  # The buckets really produce different shapes.
+  with pytest.raises(ValueError, match="must be >= 0"):
+    _long_pipe(pad_multiple=-1)

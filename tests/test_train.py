@@ -121,6 +121,22 @@ def test_online_and_precomputed_teachers_give_the_same_loss(fixtures):
   np.testing.assert_allclose(out["online"][0], out["precomputed"][0], rtol=1e-6)
 
 
+@pytest.mark.parametrize("kind", ["asymmetric", "untied"])
+def test_extra_padding_leaves_loss_and_gradients_unchanged(fixtures, kind):
+  # What data.pad_multiple relies on: a batch padded to 16 / 24 columns instead of its own 10 / 16.
+  batch = _batch(3)
+  student, params, teacher, tparams = _setup(fixtures, kind, "online")
+  cfg = ALL_TERMS if kind == "untied" else LossConfig(label=1.0, score=1.0, query_emb=1.0)
+  wide = dict(batch)
+  for k, extra in (("query_input_ids", 6), ("query_attention_mask", 6), ("doc_input_ids", 8), ("doc_attention_mask", 8)):
+    wide[k] = np.concatenate([batch[k], np.zeros((*batch[k].shape[:-1], extra), np.int32)], axis=-1)
+  fn = lambda p, b: compute_loss(p, {"encoder": tparams}, b, jax.random.key(0), student=student,
+                                 teacher=teachers.Teacher(teacher.encoder, "online"), cfg=cfg, deterministic=True)[0]
+  (l1, g1), (l2, g2) = (jax.value_and_grad(fn)(params, b) for b in (batch, wide))
+  np.testing.assert_allclose(l1, l2, rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * np.abs(a).max()), g1, g2)
+
+
 def test_teacher_gets_no_gradient_and_frozen_params_do_not_move(fixtures):
   batch = _batch(2)
   student, params, teacher, tparams = _setup(fixtures, "tied", "online")
@@ -170,6 +186,26 @@ def test_every_ablation_config_builds_and_runs_two_steps(tmp_path, tiny_models, 
   assert {k.split("/")[0] for k in metrics if "/" in k} == expected
   assert (tmp_path / "metrics.jsonl").read_text().count("\n") == 2
   assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_bucketed_run_trains_and_its_minutes_leave_out_evaluations(tmp_path, tiny_models, isolated_cache,
+                                                                  monkeypatch):
+  import time
+  cfg = _config(tiny_models, steps=4, log_every=1)
+  cfg.data.bucket_window, cfg.data.pad_multiple, cfg.eval.every_steps = 2, 4, 1
+  shapes = []
+  real_batch = pipeline.Pipeline.batch
+  monkeypatch.setattr(pipeline.Pipeline, "batch", lambda self, step: (
+      lambda b: shapes.append(b["query_input_ids"].shape[1]) or b)(real_batch(self, step)))
+  monkeypatch.setattr(loop, "evaluate_during_training", lambda *a: time.sleep(1.5) or {"eval/x": 0.0})
+  loop.train(cfg, tmp_path)
+  logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  minutes = [m["train_minutes"] for m in logged if "train_minutes" in m]
+  assert len(minutes) == 4 and all(np.isfinite(m["loss"]) for m in logged if "loss" in m)
+  # Each 1.5 s evaluation is not training time; a step with a new batch width compiles (seconds).
+  reused = [i for i in range(1, 4) if shapes[i] in shapes[:i]]
+  assert reused and all((minutes[i] - minutes[i - 1]) * 60 < 1.0 for i in reused)
+  assert all(w % 4 == 0 or w == cfg.data.max_query_length for w in shapes)
 
 
 def test_resume_after_kill_ends_with_the_same_parameters(tmp_path, tiny_models, isolated_cache, monkeypatch):

@@ -7,8 +7,16 @@ Host ``i`` of ``n`` takes rows ``[i*B/n, (i+1)*B/n)`` of each global batch: the 
 equal and, concatenated in host order, the global batch (what
 ``jax.make_array_from_process_local_data`` assembles).
 
+Two throughput options, both off by default (0). ``bucket_window`` = W: each run of W batches of the
+epoch's permutation is sorted by query length, cut into batches and the batches shuffled (seeded by
+the epoch), so a batch holds queries of similar length; an epoch still visits the same rows.
+``pad_multiple`` = m: each batch is padded only to its longest query (document) over the GLOBAL
+batch, rounded up to m (at most max_length / m shapes each, and every host gets the same shape).
+Padding is masked, so trimming leaves the loss unchanged; bucketing changes which queries share a
+batch (its in-batch negatives), not what an epoch sees.
+
 A host batch (``b = B / n`` rows, ``C = 1 + num_hard_negatives`` documents per query) holds:
-  query_input_ids, query_attention_mask   int32 [b, Lq]
+  query_input_ids, query_attention_mask   int32 [b, Lq]      Lq <= max query length (trimmed: pad_multiple)
   doc_input_ids, doc_attention_mask       int32 [b, C, Ld]   column 0 is the positive
   query_index                             int32 [b]          into the query table (teacher lookups)
   doc_index                               int32 [b, C]       into the document table
@@ -40,11 +48,19 @@ class Tokens:
   def __len__(self) -> int:
     return len(self.lengths)
 
-  def take(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rows ``index`` (any shape) -> (input_ids int32 [..., L], attention_mask int32 [..., L])."""
-    ids = self.ids[index].astype(np.int32)
-    mask = (np.arange(self.ids.shape[1]) < self.lengths[index][..., None]).astype(np.int32)
+  def take(self, index: np.ndarray, length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Rows ``index`` (any shape) -> (input_ids int32 [..., L], attention_mask int32 [..., L]); ``length``
+    keeps the first L columns (default: all)."""
+    ids = self.ids[index, :length].astype(np.int32)
+    mask = (np.arange(ids.shape[-1]) < self.lengths[index][..., None]).astype(np.int32)
     return ids, mask
+
+  def padded_length(self, index: np.ndarray, multiple: int) -> int | None:
+    """The longest of rows ``index`` rounded up to ``multiple`` (at most the table's width); None if 0."""
+    if not multiple:
+      return None
+    longest = int(self.lengths[index].max(initial=1))
+    return min(self.ids.shape[1], -(-longest // multiple) * multiple)
 
 
 def tokenize_texts(tokenizer, texts: Sequence[str], max_length: int, chunk: int = 4096,
@@ -123,7 +139,9 @@ class Pipeline:
 
   def __init__(self, examples: Examples, queries: Tokens, docs: Tokens, global_batch_size: int,
                seed: int = 0, process_index: int = 0, process_count: int = 1,
-               positives: Mapping[int, np.ndarray] | None = None):
+               positives: Mapping[int, np.ndarray] | None = None, bucket_window: int = 0, pad_multiple: int = 0):
+    if bucket_window < 0 or pad_multiple < 0:
+      raise ValueError(f"bucket_window={bucket_window} and pad_multiple={pad_multiple} must be >= 0.")
     if global_batch_size % process_count:
       raise ValueError(f"global_batch_size {global_batch_size} is not divisible by {process_count} processes.")
     if len(examples) < global_batch_size:
@@ -136,12 +154,30 @@ class Pipeline:
     self.local_batch_size = global_batch_size // process_count
     self.steps_per_epoch = len(examples) // global_batch_size
     self.positives = positives
+    self.bucket_window, self.pad_multiple = bucket_window, pad_multiple
+    self._epoch = (-1, None)  # Memo of (epoch, epoch_rows(epoch)): the order is a function of the epoch.
+
+  def epoch_rows(self, epoch: int) -> np.ndarray:
+    """Example rows of epoch ``epoch`` in visiting order, int64 [steps_per_epoch * B] (module doc)."""
+    b = self.global_batch_size
+    perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.examples))[:self.steps_per_epoch * b]
+    if not self.bucket_window:
+      return perm
+    lengths = self.queries.lengths[self.examples.query[perm]]
+    rng = np.random.default_rng([self.seed, epoch, 1])
+    window = self.bucket_window * b
+    runs = []
+    for start in range(0, len(perm), window):
+      batches = perm[start:start + window][np.argsort(lengths[start:start + window], kind="stable")].reshape(-1, b)
+      runs.append(batches[rng.permutation(len(batches))].reshape(-1))
+    return np.concatenate(runs)
 
   def global_rows(self, step: int) -> np.ndarray:
     """Example rows of global batch ``step`` (int64 [B])."""
     epoch, k = divmod(step, self.steps_per_epoch)
-    perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.examples))
-    return perm[k * self.global_batch_size:(k + 1) * self.global_batch_size]
+    if self._epoch[0] != epoch:
+      self._epoch = (epoch, self.epoch_rows(epoch))
+    return self._epoch[1][k * self.global_batch_size:(k + 1) * self.global_batch_size]
 
   def negative_mask(self, rows: np.ndarray, local: slice) -> np.ndarray:
     """bool [b, B*C]: global in-batch documents relevant to each local query (own positive excluded)."""
@@ -164,8 +200,8 @@ class Pipeline:
     mine = rows[local]
     q = self.examples.query[mine]
     d = self.examples.docs[mine]
-    q_ids, q_mask = self.queries.take(q)
-    d_ids, d_mask = self.docs.take(d)
+    q_ids, q_mask = self.queries.take(q, self.queries.padded_length(self.examples.query[rows], self.pad_multiple))
+    d_ids, d_mask = self.docs.take(d, self.docs.padded_length(self.examples.docs[rows], self.pad_multiple))
     out = {"query_input_ids": q_ids, "query_attention_mask": q_mask, "doc_input_ids": d_ids,
            "doc_attention_mask": d_mask, "query_index": q, "doc_index": d,
            "negative_mask": self.negative_mask(rows, local)}
@@ -183,7 +219,8 @@ class Pipeline:
 
 def from_retrieval_set(data, query_tokenizer, doc_tokenizer, max_query_length: int, max_doc_length: int,
                        global_batch_size: int, num_hard_negatives: int = 0, seed: int = 0,
-                       process_index: int = 0, process_count: int = 1) -> Pipeline:
+                       process_index: int = 0, process_count: int = 1, bucket_window: int = 0,
+                       pad_multiple: int = 0) -> Pipeline:
   """A training pipeline over a loaded split (``tfds_builders.RetrievalSet``).
 
   Mined hard negatives stored with the queries (e.g. DPR's) are used first; random documents fill
@@ -197,4 +234,5 @@ def from_retrieval_set(data, query_tokenizer, doc_tokenizer, max_query_length: i
   examples = build_examples(positives, len(data.doc_ids), num_hard_negatives, hard, seed)
   queries = tokenize_texts(query_tokenizer, data.query_texts, max_query_length, desc="tokenize queries")
   docs = tokenize_texts(doc_tokenizer, data.doc_texts, max_doc_length, desc="tokenize documents")
-  return Pipeline(examples, queries, docs, global_batch_size, seed, process_index, process_count, positives)
+  return Pipeline(examples, queries, docs, global_batch_size, seed, process_index, process_count, positives,
+                  bucket_window, pad_multiple)

@@ -263,7 +263,8 @@ def build(cfg, process_index: int = 0, process_count: int = 1, multihost: bool =
       params["doc_projection"] = init_projection(jax.random.fold_in(rng, 1), s_dim, t_dim)
   pipe = pipeline.from_retrieval_set(
       data, student_pre.tokenizer, student_pre.tokenizer, cfg.data.max_query_length, cfg.data.max_doc_length,
-      cfg.train.batch_size, cfg.data.num_hard_negatives, cfg.seed, process_index, process_count)
+      cfg.train.batch_size, cfg.data.num_hard_negatives, cfg.seed, process_index, process_count,
+      cfg.data.bucket_window, cfg.data.pad_multiple)
   tc = cfg.train
   tx = state_lib.make_optimizer(tc.learning_rate, tc.steps, tc.warmup_steps, tc.weight_decay, tc.grad_clip,
                                 tc.schedule, tuple(tc.frozen))
@@ -341,7 +342,7 @@ def train(cfg, workdir: str | Path) -> dict[str, float]:
     ckpt.save(step, state)
 
   last: dict[str, float] = {}
-  good_step, t0 = start, time.perf_counter()
+  good_step, t0, eval_s = start, time.perf_counter(), 0.0
   preempted = None
   try:
     bar = tqdm(total=total, initial=start, desc="train", disable=pid != 0)
@@ -357,14 +358,17 @@ def train(cfg, workdir: str | Path) -> dict[str, float]:
               f"loss is {last['loss']} at a step in ({good_step}, {done}]; stopping without saving this "
               f"state. Last checkpoint: {ckpt.latest_step()} in {ckpt.directory}.")
         good_step = done
-        elapsed = time.perf_counter() - t0
-        last["examples_per_s"] = cfg.train.batch_size * (done - start) / max(elapsed, 1e-9)
+        train_s = time.perf_counter() - t0 - eval_s  # Training only: evaluations during training excluded.
+        last["examples_per_s"] = cfg.train.batch_size * (done - start) / max(train_s, 1e-9)
+        last["train_minutes"] = train_s / 60  # Since this process started (or resumed) training.
         record()
         writer.write(done, last)
         bar.set_postfix(loss=f"{last['loss']:.4f}")
       bar.update(1)
       if cfg.eval.every_steps and done % cfg.eval.every_steps == 0 and pid == 0:
+        t_eval = time.perf_counter()
         writer.write(done, evaluate_during_training(cfg, workdir, state))
+        eval_s += time.perf_counter() - t_eval
       if ckpt.should_save(done) and done != total:
         save(done)
       if (nproc == 1 or log_step) and stop_requested(stop["signal"] is not None, nproc):
