@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 WORKDIR ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-slow bench ablation clean
+.PHONY: install demo test test-slow bench test-bench ablation clean
 
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ $(VENV)/.bench: $(VENV)/.installed
 
 bench: $(VENV)/.bench
 	$(PY) benchmarks/encode_speed.py
+
+# The tests that need the bench extra (sentence-transformers peers); skipped by make test.
+test-bench: $(VENV)/.bench
+	$(PY) -m pytest -q tests/test_st_peers.py
 
 # The paper's ablation (every row of configs/ablation.py, both students): table + plot in runs/ablation.
 ablation: $(VENV)/.bench

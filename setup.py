@@ -33,6 +33,7 @@ setup(
     extras_require={
         "test": ["pytest==9.2.0", "pytest-xdist==3.8.0"],  # make test runs on both cores (-n 2).
         # The PyTorch reference for benchmarks and fixture generation (CPU build).
-        "bench": ["torch==2.13.0", "matplotlib==3.10.7"],
+        # sentence-transformers: the peer recipes of benchmarks/st_peers.py (its trainer needs [train]).
+        "bench": ["torch==2.13.0", "matplotlib==3.10.7", "sentence-transformers[train]==6.2.0"],
     },
 )

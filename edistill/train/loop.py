@@ -126,6 +126,7 @@ class Setup:
   tx: Any
   loss: LossConfig
   jit_step: Any = None  # (state_sh, teacher_sh, batch_sh) -> step fn; None: jit_train_step (edistill/train/ce.py sets it)
+  data: Any = None  # The RetrievalSet the pipeline was built from (unlabeled queries included), for benchmarks.
 
 
 def lstsq_projection(student: np.ndarray, teacher: np.ndarray, ridge: float = 1e-3) -> dict[str, np.ndarray]:
@@ -268,7 +269,7 @@ def build(cfg, process_index: int = 0, process_count: int = 1, multihost: bool =
   tc = cfg.train
   tx = state_lib.make_optimizer(tc.learning_rate, tc.steps, tc.warmup_steps, tc.weight_decay, tc.grad_clip,
                                 tc.schedule, tuple(tc.frozen))
-  return Setup(pipe, student, teacher, teacher_params, params, student_pre.tokenizer, tx, loss)
+  return Setup(pipe, student, teacher, teacher_params, params, student_pre.tokenizer, tx, loss, data=data)
 
 
 def precompute(cfg) -> str:
