@@ -37,7 +37,7 @@ VARIANTS = {  # name -> (batch size, bucket_window, pad_multiple, frozen)
     "trim": (32, 0, 8, ()),
     "bucket": (32, 64, 8, ()),
     "bucket_b64": (64, 64, 8, ()),
-    "bucket_emb": (32, 64, 8, (r"query_tower/word/",)),
+    "bucket_emb": (32, 64, 8, (r"query_tower/embeddings/word/",)),
 }
 
 

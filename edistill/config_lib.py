@@ -96,6 +96,7 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.train = ml_collections.ConfigDict({
       "batch_size": 64, "steps": 2000, "learning_rate": 5e-5, "warmup_steps": 100, "weight_decay": 0.01,
       "grad_clip": 1.0, "schedule": "cosine", "frozen": (), "log_every": 20, "checkpoint_every": 500,
+      "pull_to_init": 0.0,  # > 0: L2-SP, the gradient of pull / 2 * ||params - initial params||^2 (state.py).
       "keep_checkpoints": 2, "init_from": "",
       "grad_cache_chunk": 0,  # > 0: GradCache with chunks of this many queries (memory-bounded big batches).
       "remat": "none"})  # "layer": recompute each transformer layer in the backward pass (activation memory).
@@ -226,6 +227,8 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   if cfg.data.unlabeled_queries and cfg.teacher.mode != "precomputed":
     raise ValueError("config.data.unlabeled_queries needs config.teacher.mode='precomputed' (the teacher "
                      "labels them with its top-1 document from its precomputed document table).")
+  if cfg.train.pull_to_init < 0:
+    raise ValueError(f"config.train.pull_to_init={cfg.train.pull_to_init} must be >= 0 (0 = off).")
   if cfg.train.remat not in REMAT:
     raise ValueError(f"config.train.remat={cfg.train.remat!r}; expected one of {REMAT}.")
   if cfg.train.grad_cache_chunk < 0 or (cfg.train.grad_cache_chunk

@@ -5,6 +5,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from edistill import config_lib, mesh as mesh_lib, teachers
@@ -153,6 +154,23 @@ def test_teacher_gets_no_gradient_and_frozen_params_do_not_move(fixtures):
                 - params["query_tower"]["layer_0"]["mlp_in"]["kernel"]).max() > 0
 
 
+def test_pull_to_init_converges_to_the_l2sp_minimum_and_is_off_by_default():
+  # loss ||theta - t||^2 plus the pull w/2 ||theta - theta0||^2: minimum (2t + w theta0) / (2 + w).
+  t, theta0, w = np.array([3.0, -1.0, 0.5]), np.array([1.0, 1.0, 1.0]), 4.0
+  tx = state_lib.make_optimizer(0.05, 3000, schedule="constant", pull=w)
+  params, opt = {"x": jnp.asarray(theta0)}, None
+  opt = tx.init(params)
+  step = jax.jit(lambda p, o: (lambda g: (lambda u, o2: (optax.apply_updates(p, u), o2))(*tx.update(g, o, p)))(
+      jax.grad(lambda q: jnp.sum((q["x"] - t) ** 2))(p)))
+  for _ in range(3000):
+    params, opt = step(params, opt)
+  np.testing.assert_allclose(params["x"], (2 * t + w * theta0) / (2 + w), atol=2e-3)
+  plain = state_lib.make_optimizer(0.05, 3000, schedule="constant")
+  assert jax.tree.structure(plain.init(params)) != jax.tree.structure(tx.init(params))
+  assert jax.tree.structure(plain.init(params)) == jax.tree.structure(state_lib.make_optimizer(0.05, 3000, pull=0.0,
+                                                                                                schedule="constant").init(params))
+
+
 def test_model_axis_shards_the_big_matrices():
   mesh = mesh_lib.make_mesh({"data": 2, "model": 4})
   tree = {"query_tower": {"layer_0": {"attention": {"qkv": {"kernel": np.zeros((32, 96))}},
@@ -193,6 +211,7 @@ def test_bucketed_run_trains_and_its_minutes_leave_out_evaluations(tmp_path, tin
   import time
   cfg = _config(tiny_models, steps=4, log_every=1)
   cfg.data.bucket_window, cfg.data.pad_multiple, cfg.eval.every_steps = 2, 4, 1
+  cfg.train.pull_to_init = 0.1  # Its anchor is optimizer state: sharded, checkpointed like the rest.
   shapes = []
   real_batch = pipeline.Pipeline.batch
   monkeypatch.setattr(pipeline.Pipeline, "batch", lambda self, step: (

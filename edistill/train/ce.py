@@ -139,7 +139,7 @@ def build_train(cfg, process_index: int = 0, process_count: int = 1):
       negatives=cfg.cross_encoder.negatives))
   tc = cfg.train
   tx = state_lib.make_optimizer(tc.learning_rate, tc.steps, tc.warmup_steps, tc.weight_decay, tc.grad_clip,
-                                tc.schedule, tuple(tc.frozen))
+                                tc.schedule, tuple(tc.frozen), pull=tc.pull_to_init)
   loss_fn = lambda p, _, batch, rng: train_loss(p, batch, rng, model=model, temperature=cfg.cross_encoder.temperature)
   return loop.Setup(pipe, model, None, None, ce_lib.init_params(model, _encoder_params(pre)), pre.tokenizer, tx,
                     loop.loss_config(cfg), jit_step=functools.partial(jit_step, loss_fn, tx))

@@ -268,7 +268,7 @@ def build(cfg, process_index: int = 0, process_count: int = 1, multihost: bool =
       cfg.data.bucket_window, cfg.data.pad_multiple)
   tc = cfg.train
   tx = state_lib.make_optimizer(tc.learning_rate, tc.steps, tc.warmup_steps, tc.weight_decay, tc.grad_clip,
-                                tc.schedule, tuple(tc.frozen))
+                                tc.schedule, tuple(tc.frozen), pull=tc.pull_to_init)
   return Setup(pipe, student, teacher, teacher_params, params, student_pre.tokenizer, tx, loss, data=data)
 
 

@@ -7,7 +7,7 @@ is neither optimised nor checkpointed.
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import flax
 import jax
@@ -37,11 +37,30 @@ def _decay_mask(params) -> Any:
       lambda path, leaf: leaf.ndim >= 2 and "embedding" not in path_str(path), params)
 
 
+class PullState(NamedTuple):
+  anchor: Any  # The params the optimizer was initialised with (checkpointed with it).
+
+
+def pull_to_init(weight: float) -> optax.GradientTransformation:
+  """Adds ``weight * (params - anchor)`` to the gradients, ``anchor`` = the params at ``init``: the
+  gradient of ``weight / 2 * ||params - anchor||^2`` (L2-SP), a pull toward the pretrained start."""
+  def init(params):
+    return PullState(anchor=jax.tree.map(jnp.asarray, params))
+
+  def update(updates, state, params=None):
+    if params is None:
+      raise ValueError("pull_to_init needs the params (optax update(..., params)).")
+    return jax.tree.map(lambda g, p, a: g + weight * (p - a), updates, params, state.anchor), state
+
+  return optax.GradientTransformation(init, update)
+
+
 def make_optimizer(learning_rate: float, total_steps: int, warmup_steps: int = 0, weight_decay: float = 0.0,
                    grad_clip: float = 0.0, schedule: str = "cosine", frozen: Sequence[str] = (),
-                   b1: float = 0.9, b2: float = 0.999) -> optax.GradientTransformation:
+                   b1: float = 0.9, b2: float = 0.999, pull: float = 0.0) -> optax.GradientTransformation:
   """AdamW with linear warmup then cosine/linear decay (or constant), global-norm clipping, decay
-  masks, and frozen params (regexes over "tower/layer_0/..." paths) that receive zero updates."""
+  masks, and frozen params (regexes over "tower/layer_0/..." paths) that receive zero updates.
+  ``pull`` > 0 adds the L2-SP gradient toward the initial params (``pull_to_init``) before clipping."""
   decay_steps = max(total_steps - warmup_steps, 1)
   if schedule == "cosine":
     after = optax.cosine_decay_schedule(learning_rate, decay_steps)
@@ -55,6 +74,8 @@ def make_optimizer(learning_rate: float, total_steps: int, warmup_steps: int = 0
       if warmup_steps else after
   tx = optax.chain(optax.clip_by_global_norm(grad_clip) if grad_clip else optax.identity(),
                    optax.adamw(lr, b1=b1, b2=b2, weight_decay=weight_decay, mask=_decay_mask))
+  if pull:  # Only then: the optimizer state (and old checkpoints) keep their structure without it.
+    tx = optax.chain(pull_to_init(pull), tx)
   if frozen:
     tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
                                lambda params: _labels(params, frozen))
