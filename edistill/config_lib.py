@@ -77,6 +77,9 @@ def base_config() -> ml_collections.ConfigDict:
       # Training batches (data/pipeline.py): sort runs of bucket_window batches by query length, pad
       # each batch to its longest row rounded up to pad_multiple (0 = off: fixed shapes, random batches).
       "bucket_window": 0, "pad_multiple": 0,
+      # > 0: each training query's num_hard_negatives are drawn from the precomputed teacher's top
+      # teacher_negatives non-positive documents (likely false negatives left out; data/mining.py).
+      "teacher_negatives": 0,
       # Extra training queries without labels (0 = none): each gets the teacher's top-1 document
       # as its positive; from ``unlabeled_path`` or, for an offline benchmark subset, its own.
       # unlabeled_pool: "slice" (the subset's own) or, for wordnet_gcide, "wordnet_all" (+ every other
@@ -219,6 +222,14 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   if cfg.data.bucket_window < 0 or cfg.data.pad_multiple < 0:
     raise ValueError(f"config.data.bucket_window={cfg.data.bucket_window} / pad_multiple={cfg.data.pad_multiple} "
                      "must be >= 0 (0 = off).")
+  if cfg.data.teacher_negatives < 0:
+    raise ValueError(f"config.data.teacher_negatives={cfg.data.teacher_negatives} must be >= 0 (0 = off).")
+  if cfg.data.teacher_negatives and (cfg.data.num_hard_negatives < 1 or cfg.teacher.mode != "precomputed"
+                                     or cfg.teacher.kind != "dual" or not (cfg.student.kind == "asymmetric" or any(
+                                         cfg.loss[k] for k in ("score", "margin_mse", "query_emb", "doc_emb")))):
+    raise ValueError("config.data.teacher_negatives mines from the dual-encoder teacher's precomputed tables: it "
+                     "needs config.data.num_hard_negatives >= 1, teacher.mode='precomputed', teacher.kind='dual' and a "
+                     "teacher in use (a distillation loss or an asymmetric student).")
   if cfg.data.unlabeled_queries < 0:
     raise ValueError(f"config.data.unlabeled_queries={cfg.data.unlabeled_queries} must be >= 0.")
   if cfg.data.unlabeled_queries and not (cfg.student.kind == "asymmetric" or any(

@@ -227,6 +227,23 @@ def test_bucketed_run_trains_and_its_minutes_leave_out_evaluations(tmp_path, tin
   assert all(w % 4 == 0 or w == cfg.data.max_query_length for w in shapes)
 
 
+def test_teacher_negatives_are_the_mined_ones_in_the_training_examples(tmp_path, tiny_models, isolated_cache):
+  from edistill.data import mining
+  cfg = _config(tiny_models, "qemb")
+  cfg.data.num_hard_negatives, cfg.data.teacher_negatives = 2, 6
+  setup = loop.build(cfg)
+  ex, tables = setup.pipe.examples, setup.teacher_params
+  mined = mining.teacher_negatives(tables["queries"], tables["docs"], setup.pipe.positives, 6)
+  assert ex.docs.shape[1] == 3 and sum(map(len, mined.values())) > 0
+  for q, negs in zip(ex.query, ex.docs[:, 1:]):
+    pool = mined[int(q)]
+    if len(pool) >= 2:  # Fewer mined than wanted: topped up with random documents.
+      assert set(negs.tolist()) <= set(pool), (q, negs, pool)
+  cfg.data.num_hard_negatives = 0
+  with pytest.raises(ValueError, match="teacher_negatives"):
+    config_lib.validate(cfg)
+
+
 def test_resume_after_kill_ends_with_the_same_parameters(tmp_path, tiny_models, isolated_cache, monkeypatch):
   cfg = _config(tiny_models, steps=6, checkpoint_every=3)
   loop.train(cfg, tmp_path / "straight")

@@ -26,7 +26,7 @@ from etils import epath
 from tqdm.auto import tqdm
 
 from edistill import checkpoint, distributed, mesh as mesh_lib, teachers
-from edistill.data import formats, pipeline, querygen, tfds_builders
+from edistill.data import formats, mining, pipeline, querygen, tfds_builders
 from edistill.eval import encode as encode_lib
 from edistill.models import zoo
 from edistill.models.dual_encoder import DualEncoder, init_projection
@@ -202,6 +202,17 @@ def with_unlabeled(cfg, data, tpre, tables: dict[str, np.ndarray], multihost: bo
   return data, {**tables, "queries": np.concatenate([tables["queries"], emb])}
 
 
+def with_teacher_negatives(data, tables: dict[str, np.ndarray], depth: int):
+  """``data`` whose training queries' hard negatives are the teacher's top ``depth`` non-positives
+  (``data/mining.py``; they replace a dataset's own for those queries). Every process mines the same."""
+  positives = pipeline.relevant_docs(data.qrels, data.query_ids, data.doc_ids)
+  mined = mining.teacher_negatives(tables["queries"], tables["docs"], positives, depth)
+  hard = {data.query_ids[q]: [data.doc_ids[d] for d in docs] for q, docs in mined.items()}
+  logging.info("Mined %d teacher hard negatives for %d queries (depth %d)", sum(map(len, hard.values())), len(hard),
+               depth)
+  return dataclasses.replace(data, hard_negatives={**data.hard_negatives, **hard})
+
+
 def _process0_first_if(multihost: bool, fn, name: str):
   """``distributed.process0_first(fn)`` when ``multihost``, else just ``fn()``."""
   return distributed.process0_first(fn, f"build:{name}") if multihost else fn()
@@ -248,6 +259,8 @@ def build(cfg, process_index: int = 0, process_count: int = 1, multihost: bool =
                                                cache, desc="teacher documents", **kw)}
       if cfg.data.unlabeled_queries:
         data, tables = with_unlabeled(cfg, data, tpre, tables, multihost)
+      if cfg.data.teacher_negatives:
+        data = with_teacher_negatives(data, tables, cfg.data.teacher_negatives)
       teacher_params = tables
       t_dim = tables["queries"].shape[1]
     s_dim = student_pre.module.projection_dim or student_pre.config.hidden_size
