@@ -222,6 +222,9 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   if cfg.data.bucket_window < 0 or cfg.data.pad_multiple < 0:
     raise ValueError(f"config.data.bucket_window={cfg.data.bucket_window} / pad_multiple={cfg.data.pad_multiple} "
                      "must be >= 0 (0 = off).")
+  if (cfg.data.bucket_window or cfg.data.pad_multiple) and "cross" in (cfg.student.kind, cfg.teacher.kind):
+    raise ValueError("config.data.bucket_window / pad_multiple are for dual-encoder training; cross-encoder "
+                     "training and CE distillation pack pairs to a fixed length (set them to 0).")
   if cfg.data.teacher_negatives < 0:
     raise ValueError(f"config.data.teacher_negatives={cfg.data.teacher_negatives} must be >= 0 (0 = off).")
   if cfg.data.teacher_negatives and (cfg.data.num_hard_negatives < 1 or cfg.teacher.mode != "precomputed"

@@ -329,3 +329,7 @@ def test_ce_configs_fail_loudly_on_bad_settings():
   cfg.data.num_hard_negatives = 0
   with pytest.raises(ValueError, match="num_hard_negatives >= 1"):
     config_lib.validate(cfg)
+  cfg = _load("cross_encoder", "head=cls")
+  cfg.data.bucket_window = 8  # Would be silently ignored by the CE pipelines.
+  with pytest.raises(ValueError, match="bucket_window / pad_multiple are for dual-encoder"):
+    config_lib.validate(cfg)
