@@ -19,7 +19,9 @@ are the config's. Each recipe is trained with ``SentenceTransformerTrainer``:
                        against the teacher's document table
   embed_distill_lstsq  the same with the projection started at edistill's least-squares fit
   margin_mse           symmetric, ``MarginMSELoss`` on (query, positive, negative) with the teacher's
-                       score margin; the negative is drawn from the teacher's top 10 non-positives
+                       score margin; the negative is drawn from the teacher's top 10 non-positives,
+                       mined as ``data.teacher_negatives`` mines (``edistill.data.mining``: documents
+                       the teacher scores at or above a positive are left out as likely false negatives)
 
 Evaluation: exact dot-product search over the split's corpus (top 100), scored with
 ``edistill.eval.metrics`` (MRR@10, R@10, R@100, nDCG@10). Writes ``peers_<split>.md`` / ``.json``
@@ -73,17 +75,22 @@ def training_columns(setup, recipe: str, negatives_top: int, seed: int) -> dict[
     return {"anchor": queries, "positive": positives}
   if recipe.startswith("embed_distill"):
     return {"anchor": queries, "label": tables["queries"][ex.query].tolist()}
-  # margin_mse: the teacher's margin between the positive and a hard negative from its own ranking.
-  tq, td = tables["queries"][ex.query], tables["docs"]
+  from edistill.data import mining
+  # margin_mse: the teacher's margin between the positive and a hard negative mined as edistill mines
+  # them (data.teacher_negatives): its top non-positives, likely false negatives left out.
+  tq, td = tables["queries"], tables["docs"]
+  known = setup.pipe.positives or {}
+  relevant = {int(q): np.asarray(known.get(int(q), [p])) for q, p in zip(ex.query, ex.docs[:, 0])}
+  mined = mining.teacher_negatives(tq, td, relevant, negatives_top)
   rng = np.random.default_rng(seed)
   negatives, margins = [], []
-  for row, (q, pos) in enumerate(zip(tq, ex.docs[:, 0])):
-    scores = td @ q
-    relevant = set(setup.pipe.positives.get(int(ex.query[row]), [pos]).tolist()) if setup.pipe.positives else {pos}
-    top = [d for d in np.argsort(-scores)[:negatives_top + len(relevant)] if d not in relevant][:negatives_top]
-    neg = int(rng.choice(top))
+  for q, pos in zip(ex.query, ex.docs[:, 0]):
+    pool = mined[int(q)]
+    if not pool:  # The teacher ranks every document at or above a positive: no safe negative.
+      raise ValueError(f"margin_mse: query row {int(q)} has no teacher negative within the top {negatives_top}.")
+    neg = int(rng.choice(pool))
     negatives.append(data.doc_texts[neg])
-    margins.append(float(scores[pos] - scores[neg]))
+    margins.append(float(td[pos] @ tq[q] - td[neg] @ tq[q]))
   return {"query": queries, "positive": positives, "negative": negatives, "label": margins}
 
 
