@@ -12,17 +12,14 @@ from pathlib import Path
 
 import ml_collections
 
+from edistill.data import benchmarks, formats
+
 MODES = ("train", "eval", "cross_domain", "precompute", "export", "similarity")
 STUDENT_KINDS = ("tied", "untied", "asymmetric", "cross")  # "cross": train a cross-encoder (configs/cross_encoder.py)
 REMAT = ("none", "layer")
-UNLABELED_POOLS = ("slice", "wordnet_all")  # config.data.unlabeled_pool (data/tfds_builders.py)
-OFFLINE_SOURCES = ("stdlib", "wordnet_gcide", "debian")  # Built here (data/sources.py); the rest are read from data.path.
-SOURCES = (*OFFLINE_SOURCES, "beir", "msmarco", "dpr_nq")
-
-
-def cache_root() -> Path:
-  """Where downloads, built datasets and embedding caches live: ``$EDISTILL_CACHE`` or ~/.cache/edistill."""
-  return Path(os.environ.get("EDISTILL_CACHE", Path.home() / ".cache" / "edistill"))
+UNLABELED_POOLS = benchmarks.UNLABELED_POOLS
+OFFLINE_SOURCES = tuple(benchmarks.BENCHMARKS)  # Built here (data/benchmarks/); the rest are read from data.path.
+SOURCES = (*OFFLINE_SOURCES, *formats.FORMATS)
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:

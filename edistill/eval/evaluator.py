@@ -17,8 +17,8 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from edistill import xla_options
-from edistill.data import formats
+from edistill import cache, xla_options
+
 from edistill.eval import encode as encode_lib
 from edistill.eval import index as index_lib
 from edistill.eval import metrics as metrics_lib
@@ -191,7 +191,7 @@ def write_results(workdir: str | os.PathLike, split: str, rows: dict[str, dict[s
   if per_query:
     files.append((f"per_query_{split}.json", json.dumps(per_query, indent=1, sort_keys=True)))
   for name, text in files:
-    formats.write_text_atomic(workdir / name, text)
+    cache.write_text_atomic(workdir / name, text)
   logging.info("Results written to %s", workdir / f"results_{split}.md")
   return workdir / f"results_{split}.md"
 

@@ -31,9 +31,8 @@ import numpy as np
 from absl import logging
 
 from edistill import checkpoint, losses
-from edistill.config_lib import cache_root
 from edistill.data import pipeline
-from edistill.data.formats import atomic_file, content_key, texts_fingerprint
+from edistill.cache import atomic_file, cache_root, content_key, texts_fingerprint
 from edistill.eval import encode as encode_lib
 from edistill.eval import evaluator
 from edistill.models import cross_encoder as ce_lib

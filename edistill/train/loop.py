@@ -25,8 +25,8 @@ from jax.experimental import multihost_utils
 from etils import epath
 from tqdm.auto import tqdm
 
-from edistill import checkpoint, distributed, mesh as mesh_lib, teachers
-from edistill.data import formats, mining, pipeline, querygen, tfds_builders
+from edistill import cache, checkpoint, distributed, mesh as mesh_lib, teachers
+from edistill.data import mining, pipeline, querygen, tfds_builders
 from edistill.eval import encode as encode_lib
 from edistill.models import zoo
 from edistill.models.dual_encoder import DualEncoder, init_projection
@@ -85,7 +85,7 @@ class MetricsWriter:
       old = self.path.read_text().splitlines(keepends=True) if self.path.exists() else []
       self.lines = lines_up_to(old, start_step)
       if self.lines != old:
-        formats.write_text_atomic(self.path, "".join(self.lines))
+        cache.write_text_atomic(self.path, "".join(self.lines))
       if not self.remote:
         self.jsonl = open(self.path, "a", encoding="utf-8")
 
@@ -151,8 +151,8 @@ def training_data(cfg):
     corpus = dict(zip(data.doc_ids, data.doc_texts))
     n_pairs = sum(1 for ds in data.qrels.values() for r in ds.values() if r > 0)
     want = int(round(n_pairs * cfg.querygen.ratio / (1 - cfg.querygen.ratio)))
-    key = formats.content_key(method="model_free", num=want, ict=cfg.querygen.ict_fraction, seed=cfg.seed,
-                              inputs=formats.texts_fingerprint(data.query_texts + data.doc_texts))
+    key = cache.content_key(method="model_free", num=want, ict=cfg.querygen.ict_fraction, seed=cfg.seed,
+                              inputs=cache.texts_fingerprint(data.query_texts + data.doc_texts))
     gen = querygen.cached(Path(zoo.cache_dir()) / "querygen" / f"{key}.jsonl",
                           lambda: querygen.generate_model_free(queries, data.qrels, corpus, want,
                                                                cfg.querygen.ict_fraction, cfg.seed))
@@ -347,7 +347,7 @@ def train(cfg, workdir: str | Path) -> dict[str, float]:
 
   def record() -> None:  # config.json, the record of what trained the workdir: before its first line or checkpoint.
     if not recorded["config"]:
-      formats.write_text_atomic(workdir / "config.json", cfg.to_json_best_effort(indent=2))
+      cache.write_text_atomic(workdir / "config.json", cfg.to_json_best_effort(indent=2))
       recorded["config"] = True
 
   def save(step: int) -> None:  # Never a non-finite state; config.json first.
