@@ -35,7 +35,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from edistill.eval import index as index_lib
+from edistill.retrieval import index as index_lib
 from edistill.models import zoo
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -137,7 +137,8 @@ def evaluate(recipe: str, model, loss, cfg, split: str) -> tuple[dict, dict]:
   """(metrics, per-query MRR@10) of a trained peer on ``split`` (exact search, top 100)."""
   import torch
   from edistill.data import tfds_builders
-  from edistill.eval import encode as encode_lib, metrics
+  from edistill.eval import metrics
+  from edistill.retrieval import encode as encode_lib
   from edistill.models import zoo
   data = tfds_builders.load(tfds_builders.prepare_config(cfg.data, cfg.seed), split)
   q = model.encode(data.query_texts, batch_size=128, convert_to_numpy=True)

@@ -27,7 +27,7 @@ from etils import epath
 from ml_collections import config_flags
 
 from edistill import config_lib, distributed, host
-from edistill.eval import encode as encode_lib
+from edistill.retrieval import encode as encode_lib
 from edistill.models import zoo
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/X.py[:arg]).",

@@ -385,7 +385,7 @@ def test_precompute_fills_the_caches_that_training_then_reads(tmp_path, tiny_mod
   cfg = _config(tiny_models, row="unlab", steps=1)
   summary = loop.precompute(cfg)
   assert "training examples" in summary and "teacher tables queries" in summary
-  from edistill.eval import encode as encode_lib
+  from edistill.retrieval import encode as encode_lib
 
   def no_encoding(*args, **kw):
     raise AssertionError("train re-encoded something precompute should have cached")

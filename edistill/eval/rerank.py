@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 from absl import logging
 
-from edistill.eval import encode as encode_lib
+from edistill.retrieval import bm25 as bm25_lib
+from edistill.retrieval import encode as encode_lib
 from edistill.eval import evaluator
-from edistill.eval import index as index_lib
+from edistill.retrieval import index as index_lib
 from edistill.eval import metrics as metrics_lib
 from edistill.models import cross_encoder as ce_lib
 from edistill.models import zoo
@@ -26,7 +27,7 @@ def first_stage(cfg, data, k: int) -> tuple[np.ndarray, np.ndarray]:
   """(indices [Q, k] with -1 for no hit, scores [Q, k]) of ``cfg.cross_encoder.first_stage``."""
   k = min(k, len(data.doc_ids))
   if cfg.cross_encoder.first_stage == "bm25":
-    return evaluator.bm25_topk(data, k)
+    return bm25_lib.topk(data, k)
   if cfg.teacher.kind == "cross":
     raise ValueError("cross_encoder.first_stage='teacher' needs a dual-encoder cfg.teacher (teacher.kind='dual').")
   tpre = zoo.load_from_config(cfg.teacher)

@@ -14,7 +14,7 @@ from etils import epath
 
 from edistill import cache, checkpoint
 from edistill.data import tfds_builders
-from edistill.eval import encode as encode_lib
+from edistill.retrieval import encode as encode_lib
 from edistill.eval import evaluator
 from edistill.models import zoo
 from edistill.models.dual_encoder import project

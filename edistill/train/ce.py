@@ -31,13 +31,13 @@ import numpy as np
 from absl import logging
 
 from edistill import checkpoint, losses
-from edistill.data import pipeline
 from edistill.cache import atomic_file, cache_root, content_key, texts_fingerprint
-from edistill.eval import encode as encode_lib
-from edistill.eval import evaluator
+from edistill.data import pipeline
 from edistill.models import cross_encoder as ce_lib
 from edistill.models import zoo
 from edistill.models.dual_encoder import DualEncoder, init_projection
+from edistill.retrieval import bm25 as bm25_lib
+from edistill.retrieval import encode as encode_lib
 from edistill.train.step import LossConfig, gradient_step
 
 NEGATIVES = ("hard", "in_batch")
@@ -47,7 +47,7 @@ NEGATIVES = ("hard", "in_batch")
 def with_mined_negatives(data, depth: int):
   """``data`` with BM25 hard negatives: each query's top ``depth`` documents (positives are dropped
   later by ``pipeline.build_examples``), replacing any the dataset carried."""
-  idx, _ = evaluator.bm25_topk(data, depth)
+  idx, _ = bm25_lib.topk(data, depth)
   hard = {q: [data.doc_ids[i] for i in row if i >= 0] for q, row in zip(data.query_ids, idx.tolist())}
   logging.info("Mined BM25 hard negatives (top %d) for %d queries", depth, len(hard))
   return dataclasses.replace(data, hard_negatives=hard)

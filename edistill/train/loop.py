@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from edistill import cache, checkpoint, distributed, mesh as mesh_lib, teachers
 from edistill.data import mining, pipeline, querygen, tfds_builders
-from edistill.eval import encode as encode_lib
+from edistill.retrieval import encode as encode_lib
 from edistill.models import zoo
 from edistill.models.dual_encoder import DualEncoder, init_projection
 from edistill.train import state as state_lib
