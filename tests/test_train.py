@@ -13,7 +13,7 @@ from edistill.data import pipeline
 from edistill.models import hf_import
 from edistill.models.dual_encoder import DualEncoder, init_projection
 from edistill.models.encoder import Encoder
-from edistill.train import loop, state as state_lib
+from edistill.train import loop, metrics_writer, state as state_lib
 from edistill.train.step import LossConfig, compute_loss, jit_train_step
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -329,9 +329,9 @@ def test_config_json_is_written_once_training_runs_and_not_by_a_nan_first_step(
 
 def test_metrics_lines_after_the_resumed_step_are_dropped():
   lines = [json.dumps({"step": s, "loss": 1.0}) + "\n" for s in (1, 2, 3, 4)] + ['{"step": 5, "lo']
-  assert loop.lines_up_to(lines, 2) == lines[:2]
-  assert loop.lines_up_to(lines, 10) == lines[:4]  # The line cut short by a kill is dropped.
-  assert loop.lines_up_to(lines, 0) == []
+  assert metrics_writer.lines_up_to(lines, 2) == lines[:2]
+  assert metrics_writer.lines_up_to(lines, 10) == lines[:4]  # The line cut short by a kill is dropped.
+  assert metrics_writer.lines_up_to(lines, 0) == []
 
 
 def test_online_teacher_in_the_loop_matches_the_precomputed_tables(tmp_path, tiny_models, isolated_cache):

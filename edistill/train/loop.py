@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import signal
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ from edistill.data import mining, pipeline, querygen, tfds_builders
 from edistill.retrieval import encode as encode_lib
 from edistill.models import zoo
 from edistill.models.dual_encoder import DualEncoder, init_projection
-from edistill.train import state as state_lib
+from edistill.train import metrics_writer, state as state_lib
 from edistill.train.step import LossConfig, jit_train_step
 
 
@@ -52,61 +51,6 @@ class Preempted(Exception):
   def __init__(self, signum: int, step: int, directory):
     super().__init__(f"signal {signum}: saved step {step} in {directory}; rerun the same command to resume.")
     self.signum, self.step = signum, step
-
-
-def lines_up_to(lines: list[str], step: int) -> list[str]:
-  """The ``metrics.jsonl`` lines of steps <= ``step`` (what a run resumed at ``step`` keeps): the
-  steps after it are re-run and logged again, and a line cut short by a kill is dropped."""
-  kept = []
-  for line in lines:
-    try:
-      logged = json.loads(line)["step"]
-    except (json.JSONDecodeError, KeyError, TypeError):
-      continue
-    if logged <= step:
-      kept.append(line if line.endswith("\n") else line + "\n")
-  return kept
-
-
-class MetricsWriter:
-  """TensorBoard event files + ``metrics.jsonl`` in the workdir (process 0 only).
-
-  A run resumed at ``start_step`` first drops what was logged after that step (it is logged again),
-  in both files, so each step appears once. An object-store workdir (gs://) cannot append: there
-  the jsonl file is rewritten at each write."""
-
-  def __init__(self, workdir: Path, enabled: bool = True, start_step: int = 0):
-    self.enabled = enabled
-    if enabled:
-      from tensorboardX import SummaryWriter
-      # purge_step: TensorBoard hides events at steps >= it from earlier event files.
-      self.tb = SummaryWriter(str(workdir / "tensorboard"), purge_step=start_step + 1 if start_step else None)
-      self.path, self.remote = epath.Path(workdir) / "metrics.jsonl", "://" in str(workdir)
-      old = self.path.read_text().splitlines(keepends=True) if self.path.exists() else []
-      self.lines = lines_up_to(old, start_step)
-      if self.lines != old:
-        cache.write_text_atomic(self.path, "".join(self.lines))
-      if not self.remote:
-        self.jsonl = open(self.path, "a", encoding="utf-8")
-
-  def write(self, step: int, metrics: dict[str, float]) -> None:
-    if not self.enabled:
-      return
-    for k, v in metrics.items():
-      self.tb.add_scalar(k, v, step)
-    line = json.dumps({"step": step, **metrics}) + "\n"
-    if self.remote:
-      self.lines.append(line)
-      self.path.write_text("".join(self.lines))
-    else:
-      self.jsonl.write(line)
-      self.jsonl.flush()
-
-  def close(self) -> None:
-    if self.enabled:
-      self.tb.close()
-      if not self.remote:
-        self.jsonl.close()
 
 
 def loss_config(cfg) -> LossConfig:
@@ -342,7 +286,7 @@ def train(cfg, workdir: str | Path) -> dict[str, float]:
   stop = {"signal": None}
   previous = signal.signal(signal.SIGTERM, lambda signum, _: stop.update(signal=signum))
   start, total = int(state.step), cfg.train.steps
-  writer = MetricsWriter(workdir, enabled=pid == 0, start_step=start)
+  writer = metrics_writer.MetricsWriter(workdir, enabled=pid == 0, start_step=start)
   recorded = {"config": pid != 0}
 
   def record() -> None:  # config.json, the record of what trained the workdir: before its first line or checkpoint.
