@@ -1,0 +1,33 @@
+"""The recipe registry: what a config builds, how its model is evaluated, which checks it adds."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+  """name: ``config.recipe``'s value.
+  build(cfg, process_index, process_count, multihost) -> ``train.loop.Setup``: what the loop runs.
+  evaluate_during_training(cfg, workdir, params) -> {"eval/<metric>": value} of the model being trained.
+  results(cfg, workdir) -> the results table (``--mode eval``, and after training), written to the workdir.
+  validate(cfg): the recipe's own config checks (raise ValueError naming the key).
+  packs_pairs: batches are (query, document) pairs packed to a fixed length: no length bucketing, no GradCache.
+  """
+
+  name: str
+  build: Callable
+  evaluate_during_training: Callable
+  results: Callable[..., str]
+  validate: Callable = lambda cfg: None
+  packs_pairs: bool = False
+
+
+RECIPES: dict[str, Recipe] = {}
+
+
+def register(recipe: Recipe) -> Recipe:
+  if recipe.name in RECIPES:
+    raise ValueError(f"recipe {recipe.name!r} is registered twice.")
+  RECIPES[recipe.name] = recipe
+  return recipe
