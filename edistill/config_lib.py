@@ -12,7 +12,7 @@ from pathlib import Path
 
 import ml_collections
 
-from edistill import objective
+from edistill import checkpoint, objective
 from edistill.data import benchmarks, formats
 from edistill.models import cross_encoder
 
@@ -99,6 +99,9 @@ def base_config() -> ml_collections.ConfigDict:
       "grad_clip": 1.0, "schedule": "cosine", "frozen": (), "log_every": 20, "checkpoint_every": 500,
       "pull_to_init": 0.0,  # > 0: L2-SP, the gradient of pull / 2 * ||params - initial params||^2 (state.py).
       "keep_checkpoints": 2, "init_from": "",
+      # init_from: another run's checkpoints, params only; remap "PATTERN=REPLACEMENT" renames its leaves
+      # (re.sub on "a/b/c" names); missing "error" or "init" (a leaf it lacks keeps its fresh value).
+      "init_from_remap": (), "init_from_missing": "error",
       "grad_cache_chunk": 0,  # > 0: GradCache with chunks of this many queries (memory-bounded big batches).
       "remat": "none"})  # "layer": recompute each transformer layer in the backward pass (activation memory).
   # Multi-host (jax.distributed). enabled + no coordinator_address = auto-detect (Cloud TPU, SLURM, ...).
@@ -239,6 +242,9 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   if cfg.data.unlabeled_queries and cfg.teacher.mode != "precomputed":
     raise ValueError("config.data.unlabeled_queries needs config.teacher.mode='precomputed' (the teacher "
                      "labels them with its top-1 document from its precomputed document table).")
+  if cfg.train.init_from_missing not in checkpoint.MISSING:
+    raise ValueError(f"config.train.init_from_missing={cfg.train.init_from_missing!r}; expected one of "
+                     f"{checkpoint.MISSING}.")
   if cfg.train.pull_to_init < 0:
     raise ValueError(f"config.train.pull_to_init={cfg.train.pull_to_init} must be >= 0 (0 = off).")
   if cfg.train.remat not in REMAT:

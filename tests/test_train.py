@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from edistill import config_lib, mesh as mesh_lib, recipes, teachers
+from edistill import checkpoint, config_lib, mesh as mesh_lib, recipes, teachers
 from edistill.data import pipeline
 from edistill.models import hf_import
 from edistill.models.dual_encoder import DualEncoder, init_projection
@@ -395,3 +395,15 @@ def test_precompute_fills_the_caches_that_training_then_reads(tmp_path, tiny_mod
 
   monkeypatch.setattr(encode_lib, "encode", no_encoding)
   assert np.isfinite(recipes.train(cfg, tmp_path / "work")["loss"])
+
+
+def test_init_from_takes_another_runs_params_whatever_its_optimizer(tmp_path, tiny_models, isolated_cache):
+  recipes.train(_config(tiny_models, steps=2), tmp_path / "a")
+  # Another optimizer state (pull_to_init keeps an anchor) and no update (learning rate 0): the new
+  # run's saved params are the first run's.
+  cfg = _config(tiny_models, steps=1, learning_rate=0.0, warmup_steps=0, pull_to_init=0.1,
+                init_from=str(tmp_path / "a" / "checkpoints"))
+  recipes.train(cfg, tmp_path / "b")
+  (_, a), (_, b) = (checkpoint.latest_params(tmp_path / d / "checkpoints") for d in ("a", "b"))
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

@@ -108,7 +108,8 @@ def train(cfg, workdir: str | Path, recipe) -> dict[str, float]:
   else:
     params = setup.init_params
     if cfg.train.init_from:
-      params = checkpoint.restore_params(cfg.train.init_from, target)
+      params = checkpoint.init_params_from(cfg.train.init_from, params, tuple(cfg.train.init_from_remap),
+                                           cfg.train.init_from_missing)
     state = jax.jit(lambda p: state_lib.create(p, setup.tx, cfg.seed), out_shardings=state_sh)(params)
 
   stop = {"signal": None}
