@@ -12,7 +12,7 @@ from pathlib import Path
 
 import ml_collections
 
-from edistill import checkpoint, objective
+from edistill import checkpoint, mesh, objective
 from edistill.data import benchmarks, formats
 from edistill.models import cross_encoder
 
@@ -110,7 +110,8 @@ def base_config() -> ml_collections.ConfigDict:
       "cpu_collectives": "", "timeout_s": 300})
   cfg.querygen = ml_collections.ConfigDict({"ratio": 0.0, "ict_fraction": 0.5})
   cfg.cross_encoder = cross_encoder_config()
-  cfg.mesh = ml_collections.ConfigDict({"data": -1, "model": 1})
+  # Axis sizes (-1: the rest of the devices) and the ordered parameter-sharding rules (mesh.py).
+  cfg.mesh = ml_collections.ConfigDict({"data": -1, "model": 1, "rules": mesh.DEFAULT_RULES})
   cfg.eval = ml_collections.ConfigDict({
       "split": "test", "models": ("teacher", "student_zero_shot", "student", "bm25"), "k": 100, "scann": True,
       "checkpoint": "", "every_steps": 0, "during_training_split": "dev",
@@ -242,6 +243,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   if cfg.data.unlabeled_queries and cfg.teacher.mode != "precomputed":
     raise ValueError("config.data.unlabeled_queries needs config.teacher.mode='precomputed' (the teacher "
                      "labels them with its top-1 document from its precomputed document table).")
+  mesh.rules(cfg.mesh)  # Raises naming a malformed config.mesh.rules entry.
   if cfg.train.init_from_missing not in checkpoint.MISSING:
     raise ValueError(f"config.train.init_from_missing={cfg.train.init_from_missing!r}; expected one of "
                      f"{checkpoint.MISSING}.")

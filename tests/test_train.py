@@ -186,6 +186,20 @@ def test_model_axis_shards_the_big_matrices():
     mesh_lib.make_mesh({"data": 3, "model": 4})
 
 
+def test_sharding_rules_come_from_the_config():
+  cfg = config_lib.base_config()
+  assert mesh_lib.axes(cfg.mesh) == {"data": -1, "model": 1} and mesh_lib.rules(cfg.mesh) == mesh_lib.DEFAULT_RULES
+  mesh = mesh_lib.make_mesh({"data": 2, "model": 4})
+  tree = {"tower": {"embeddings": {"word": {"embedding": np.zeros((100, 32))}}, "mlp_in": {"kernel": np.zeros((32, 64))}}}
+  cfg.mesh.rules = ((r".*/word/embedding$", 0),)  # Shard the vocabulary; the default mlp_in rule is gone.
+  sh = mesh_lib.tree_shardings(tree, mesh, mesh_lib.rules(cfg.mesh))
+  assert sh["tower"]["embeddings"]["word"]["embedding"].spec == jax.sharding.PartitionSpec("model", None)
+  assert sh["tower"]["mlp_in"]["kernel"].spec == jax.sharding.PartitionSpec()
+  cfg.mesh.rules = (("(unclosed", 0),)
+  with pytest.raises(ValueError, match=r"config.mesh.rules entry .*bad regex"):
+    config_lib.validate(cfg)
+
+
 # ------------------------------------------------------------------------------------ the loop
 def _config(tiny_models, row="qemb", steps=6, **train):
   cfg = config_lib.load_config(f"{ROOT / 'configs' / 'ablation.py'}:row={row},runlocal")

@@ -91,11 +91,11 @@ def train(cfg, workdir: str | Path, recipe) -> dict[str, float]:
   pid, nproc = jax.process_index(), jax.process_count()
   _check_init_from(cfg, workdir / "checkpoints")
   setup = recipe.build(cfg, pid, nproc, nproc > 1)  # Every process together: encodings split across them.
-  mesh = mesh_lib.make_mesh(dict(cfg.mesh))
+  mesh = mesh_lib.make_mesh(mesh_lib.axes(cfg.mesh))
   batch_sharding = mesh_lib.batch_sharding(mesh)
   distributed.check_batch_layout(batch_sharding, cfg.train.batch_size, pid, nproc)
   abstract = jax.eval_shape(lambda p: state_lib.create(p, setup.tx, cfg.seed), setup.init_params)
-  state_sh = mesh_lib.tree_shardings(abstract, mesh)
+  state_sh = mesh_lib.tree_shardings(abstract, mesh, mesh_lib.rules(cfg.mesh))
   teacher_sh = mesh_lib.replicated(mesh)
   teacher_params = jax.device_put(setup.teacher_params, teacher_sh) if setup.teacher_params is not None else None
   step_fn = setup.jit_step(state_sh, teacher_sh, batch_sharding)
