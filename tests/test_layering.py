@@ -9,7 +9,7 @@ Layers, top to bottom; a module may import its own layer and those below, never 
   retrieval retrieval/
   models    models/
   data      data/
-  base      cache.py, mesh.py, checkpoint.py, distributed.py, host.py, xla_options.py
+  base      cache.py, mesh.py, checkpoint.py, distributed.py, host.py, registry.py, xla_options.py
 Besides, training never imports evaluation (a recipe hands the loop its evaluators).
 Every ``import`` counts, also those inside functions: a lazy import is still a dependency.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1] / "edistill"
 LAYERS = ("base", "data", "models", "retrieval", "eval", "objective", "train", "recipes", "entry")
-BASE = {"", "cache", "mesh", "checkpoint", "distributed", "host", "xla_options"}  # "": edistill/__init__.py
+BASE = {"", "cache", "mesh", "checkpoint", "distributed", "host", "registry", "xla_options"}  # "": edistill/__init__.py
 OBJECTIVE = {"objective", "losses", "teachers"}
 ENTRY = {"main", "config_lib"}
 FORBIDDEN = {("train", "eval")}  # (importer's layer, imported's layer) though the second is lower.
@@ -122,3 +122,4 @@ def test_the_checker_sees_upward_imports_and_cycles():
   assert upward(g) == {("data.x", "models.y"), ("train.t", "eval.e")}
   assert cycles(g) == {("data.x", "models.y")}
   assert layer("data.benchmarks.__main__") == "entry" and layer("mesh") == "base"
+

@@ -4,6 +4,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
+from edistill.registry import Registry
+
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
@@ -23,11 +25,6 @@ class Recipe:
   packs_pairs: bool = False
 
 
-RECIPES: dict[str, Recipe] = {}
+RECIPES = Registry("recipe")
+register = RECIPES.register
 
-
-def register(recipe: Recipe) -> Recipe:
-  if recipe.name in RECIPES:
-    raise ValueError(f"recipe {recipe.name!r} is registered twice.")
-  RECIPES[recipe.name] = recipe
-  return recipe

@@ -5,6 +5,7 @@ import dataclasses
 from typing import Callable, Sequence
 
 from edistill.data.benchmarks import common
+from edistill.registry import Registry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -17,20 +18,11 @@ class Benchmark:
   collect: Callable[[Sequence[str]], tuple[common.Collection, dict]]
 
 
-BENCHMARKS: dict[str, Benchmark] = {}
+BENCHMARKS = Registry("offline benchmark")
+register = BENCHMARKS.register
+get = BENCHMARKS.lookup
 # config.data.unlabeled_pool: a slice's own unlabeled train queries, or (WordNet -> GCIDE) every other
 # WordNet gloss as well (wordnet_gcide.wordnet_gloss_pool; data/tfds_builders.unlabeled_queries).
 UNLABELED_POOLS = ("slice", "wordnet_all")
 
 
-def register(bench: Benchmark) -> Benchmark:
-  if bench.name in BENCHMARKS:
-    raise ValueError(f"offline benchmark {bench.name!r} is registered twice.")
-  BENCHMARKS[bench.name] = bench
-  return bench
-
-
-def get(source: str) -> Benchmark:
-  if source not in BENCHMARKS:
-    raise ValueError(f"unknown source {source!r}; one of {tuple(BENCHMARKS)}.")
-  return BENCHMARKS[source]

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from edistill.data.types import DataError, Document, Qrels
+from edistill.registry import Registry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,14 +20,9 @@ class Format:
   splits: Callable[[Path, str], dict[str, Iterable[dict]]]
 
 
-FORMATS: dict[str, Format] = {}
+FORMATS = Registry("data format")
+register = FORMATS.register
 
-
-def register(fmt: Format) -> Format:
-  if fmt.name in FORMATS:
-    raise ValueError(f"data format {fmt.name!r} is registered twice.")
-  FORMATS[fmt.name] = fmt
-  return fmt
 
 
 def doc_record(d: Document) -> dict:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
+from edistill.registry import Registry
+
 
 @dataclasses.dataclass(frozen=True)
 class LayerTensors:
@@ -41,17 +43,8 @@ class Arch:
   final_tensors: tuple[tuple[tuple[str, ...], str], ...] = ()
 
 
-ARCHS: dict[str, Arch] = {}
+ARCHS = Registry("encoder architecture")
+register = ARCHS.register
+get = ARCHS.lookup
 
 
-def register(arch: Arch) -> Arch:
-  if arch.name in ARCHS:
-    raise ValueError(f"encoder architecture {arch.name!r} is registered twice.")
-  ARCHS[arch.name] = arch
-  return arch
-
-
-def get(name: str) -> Arch:
-  if name not in ARCHS:
-    raise ValueError(f"Unknown encoder architecture {name!r}; expected one of {tuple(ARCHS)}.")
-  return ARCHS[name]
