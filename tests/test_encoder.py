@@ -162,3 +162,8 @@ def test_cpu_inference_compiler_options_give_the_same_embeddings(fixtures, ref):
   args = (params, ref["bert_input_ids"], ref["bert_attention_mask"])
   plain, tuned = np.asarray(jax.jit(fn)(*args)), np.asarray(xla_options.inference_jit(fn)(*args))
   assert np.abs(tuned - plain).max() <= 1e-6 and np.abs(plain).mean() > 0.1
+
+
+def test_output_dim_is_the_projection_width_else_the_hidden_size():
+  cfg = encoder.TransformerConfig("bert", 50, 16, 1, 2, 32, 64, 1e-12)
+  assert encoder.Encoder(cfg).output_dim == 16 and encoder.Encoder(cfg, projection_dim=8).output_dim == 8

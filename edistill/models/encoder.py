@@ -295,6 +295,11 @@ class Encoder(nn.Module):
   remat: bool = False
   normalize_first: bool = False
 
+  @property
+  def output_dim(self) -> int:
+    """D of the ``[B, D]`` sentence embeddings: the projection's width, else the hidden size."""
+    return self.projection_dim or self.config.hidden_size
+
   def setup(self):
     if self.pooling not in POOLINGS:
       raise ValueError(f"Unknown pooling {self.pooling!r}; expected one of {POOLINGS}.")

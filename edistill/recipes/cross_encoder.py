@@ -176,7 +176,7 @@ def build_distill(cfg, process_index: int = 0, process_count: int = 1) -> loop.S
                             cfg.data.max_doc_length, cfg.cross_encoder.batch_size)
   signal = {"scores": "scores", "query_vectors": "query", "doc_vectors": "doc"}  # ce_lib.predict's -> the teacher's.
   table = {teachers.CrossEncoderTeacher.BATCH_KEYS[signal[k]]: v for k, v in outputs.items()}
-  s_dim = student.query_encoder.projection_dim or student.query_encoder.config.hidden_size
+  s_dim = student.query_encoder.output_dim
   t_dim = model.config.hidden_size
   rng = jax.random.key(cfg.seed + 1)
   for term, name, i in (("query_emb", "query_projection", 0), ("doc_emb", "doc_projection", 1)):

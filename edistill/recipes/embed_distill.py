@@ -154,7 +154,7 @@ def build(cfg, process_index: int = 0, process_count: int = 1, multihost: bool =
         raise ValueError(f"config.teacher.mode='online' needs the student's tokenizer, but {cfg.teacher.name} and "
                          f"{cfg.student.name} tokenize differently; use mode='precomputed'.")
       teacher_params = {"encoder": tpre.params}
-      t_dim = tpre.module.projection_dim or tpre.config.hidden_size
+      t_dim = tpre.module.output_dim
     else:
       emb_cache = Path(zoo.cache_dir()) / "embeddings"
       kw = dict(batch_size=cfg.teacher.batch_size, multihost=multihost)
@@ -169,7 +169,7 @@ def build(cfg, process_index: int = 0, process_count: int = 1, multihost: bool =
         data = with_teacher_negatives(data, tables, cfg.data.teacher_negatives)
       teacher_params = tables
       t_dim = tables["queries"].shape[1]
-    s_dim = student_pre.module.projection_dim or student_pre.config.hidden_size
+    s_dim = student_pre.module.output_dim
     rng = jax.random.key(cfg.seed + 1)
     if (kind == "asymmetric" or loss.query_emb) and s_dim != t_dim:
       if cfg.student.projection_init == "lstsq" and cfg.teacher.mode == "precomputed":
