@@ -119,6 +119,9 @@ def base_config() -> ml_collections.ConfigDict:
       # e.g. ("wordnet_gcide:10000", "debian:10000", "stdlib", "beir:/data/scifact").
       "domains": (),
       "at_end": True})  # After training: evaluate every model in eval.models on eval.split.
+  # Named evaluations {name: {type, models, split, scann, every_steps}} (eval/evaluators/); empty: the one
+  # config.eval describes ("eval": the trained model on eval.during_training_split every eval.every_steps).
+  cfg.evals = ml_collections.ConfigDict()
   return cfg
 
 
@@ -278,4 +281,6 @@ def _validate_cross_encoder(cfg: ml_collections.ConfigDict) -> None:
   if ce.temperature <= 0 or ce.rerank_k < 1 or ce.batch_size < 1:
     raise ValueError("config.cross_encoder.temperature, rerank_k and batch_size must be > 0.")
   from edistill import recipes  # Lazy: the recipes import the whole package.
+  from edistill.eval import evaluators
   recipes.of(cfg).validate(cfg)
+  evaluators.specs(cfg, recipes.of(cfg).evaluator)  # Raises naming a bad config.evals entry.

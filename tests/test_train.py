@@ -1,5 +1,4 @@
 """The sharded train step, the loop (resume, NaN guard) and every ablation config, on tiny models."""
-import dataclasses
 import json
 from pathlib import Path
 
@@ -233,8 +232,8 @@ def test_bucketed_run_trains_and_its_minutes_leave_out_evaluations(tmp_path, tin
   real_batch = pipeline.Pipeline.batch
   monkeypatch.setattr(pipeline.Pipeline, "batch", lambda self, step: (
       lambda b: shapes.append(b["query_input_ids"].shape[1]) or b)(real_batch(self, step)))
-  slow_eval = dataclasses.replace(recipes.of(cfg), evaluate_during_training=lambda *a: time.sleep(1.5) or {"eval/x": 0})
-  loop.train(cfg, tmp_path, slow_eval)
+  slow_eval = ("eval", 1, lambda params: time.sleep(1.5) or {"x": 0.0})
+  loop.train(cfg, tmp_path, recipes.of(cfg).build, [slow_eval])
   logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   minutes = [m["train_minutes"] for m in logged if "train_minutes" in m]
   assert len(minutes) == 4 and all(np.isfinite(m["loss"]) for m in logged if "loss" in m)

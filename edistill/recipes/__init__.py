@@ -38,8 +38,10 @@ def build(cfg, process_index: int = 0, process_count: int = 1, multihost: bool =
 
 def train(cfg, workdir) -> dict[str, float]:
   """``train.loop.train`` of ``cfg``'s recipe: trains (or resumes) to ``cfg.train.steps``."""
+  from edistill.eval import evaluators
   from edistill.train import loop
-  return loop.train(cfg, workdir, of(cfg))
+  recipe = of(cfg)
+  return loop.train(cfg, workdir, recipe.build, evaluators.during_training(cfg, workdir, recipe.evaluator))
 
 
 def precompute(cfg) -> str:

@@ -221,18 +221,12 @@ def _process0_first(build: Callable) -> Callable:
       multihost, lambda: build(cfg, pid, nproc), "cross")
 
 
-def evaluate_reranker(cfg, workdir, params) -> dict[str, float]:
-  """The CE being trained, re-ranking ``cfg.eval.during_training_split``'s first stage, as "eval/<metric>"."""
-  rows = rerank.run(cfg, workdir, split=cfg.eval.during_training_split, params=params)
-  return {f"eval/{k}": v for k, v in rows["reranked"].items()}
-
-
 def reranker_results(cfg, workdir) -> str:
   """First stage and CE re-ranking on ``cfg.eval.split`` (``eval/rerank.py``)."""
   return evaluator.results_table(rerank.run(cfg, workdir), teacher=None)
 
 
-registry.register(registry.Recipe("cross_encoder", _process0_first(build_train), evaluate_reranker, reranker_results,
+registry.register(registry.Recipe("cross_encoder", _process0_first(build_train), "rerank", reranker_results,
                                   validate_train, packs_pairs=True))
-registry.register(registry.Recipe("ce_distill", _process0_first(build_distill), embed_distill.evaluate_during_training,
-                                  embed_distill.results, validate_distill, packs_pairs=True))
+registry.register(registry.Recipe("ce_distill", _process0_first(build_distill), "retrieval", embed_distill.results,
+                                  validate_distill, packs_pairs=True))

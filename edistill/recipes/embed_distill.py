@@ -187,16 +187,9 @@ def build(cfg, process_index: int = 0, process_count: int = 1, multihost: bool =
   return loop.Setup(pipe, student, teacher, teacher_params, params, student_pre.tokenizer, tx, loss, step, data=data)
 
 
-def evaluate_during_training(cfg, workdir, params) -> dict[str, float]:
-  """The current student on ``cfg.eval.during_training_split`` (exact search), as "eval/<metric>"."""
-  rows = suite.run(cfg, workdir, split=cfg.eval.during_training_split, student_params=params,
-                   models=("student",), scann=False)
-  return {f"eval/{k}": v for k, v in rows["student"].items() if k not in ("params_m", "query_ms")}
-
-
 def results(cfg, workdir) -> str:
   """The retrieval table of ``cfg.eval.models`` on ``cfg.eval.split`` (``eval/suite.py``)."""
   return evaluator.results_table(suite.run(cfg, workdir))
 
 
-registry.register(registry.Recipe("embed_distill", build, evaluate_during_training, results))
+registry.register(registry.Recipe("embed_distill", build, "retrieval", results))

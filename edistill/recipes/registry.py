@@ -11,7 +11,7 @@ from edistill.registry import Registry
 class Recipe:
   """name: ``config.recipe``'s value.
   build(cfg, process_index, process_count, multihost) -> ``train.loop.Setup``: what the loop runs.
-  evaluate_during_training(cfg, workdir, params) -> {"eval/<metric>": value} of the model being trained.
+  evaluator: the ``eval/evaluators`` type that measures its model (``config.evals``' default).
   results(cfg, workdir) -> the results table (``--mode eval``, and after training), written to the workdir.
   validate(cfg): the recipe's own config checks (raise ValueError naming the key).
   packs_pairs: batches are (query, document) pairs packed to a fixed length: no length bucketing, no GradCache.
@@ -19,7 +19,7 @@ class Recipe:
 
   name: str
   build: Callable
-  evaluate_during_training: Callable
+  evaluator: str
   results: Callable[..., str]
   validate: Callable = lambda cfg: None
   packs_pairs: bool = False

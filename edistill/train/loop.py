@@ -78,9 +78,10 @@ def _check_init_from(cfg, ckpt_dir) -> None:
           f"config.train.init_from={cfg.train.init_from!r}: init checkpoint directory does not exist.")
 
 
-def train(cfg, workdir: str | Path, recipe) -> dict[str, float]:
-  """Runs (or resumes) ``recipe`` (``recipes.registry.Recipe``: its ``build`` and
-  ``evaluate_during_training``) to ``cfg.train.steps``; returns the last logged metrics.
+def train(cfg, workdir: str | Path, build, evaluations=()) -> dict[str, float]:
+  """Runs (or resumes) the ``Setup`` of ``build(cfg, process_index, process_count, multihost)`` (a
+  recipe's) to ``cfg.train.steps``; returns the last logged metrics. ``evaluations``: (name,
+  every_steps, fn(params) -> {metric: value}), run on process 0 and logged as "<name>/<metric>".
 
   ``config.json`` is (re)written only once training has really started: just before the first
   metrics line or checkpoint, so a run that fails before (a missing path, a NaN first loss) leaves
@@ -90,7 +91,7 @@ def train(cfg, workdir: str | Path, recipe) -> dict[str, float]:
   workdir = epath.Path(workdir)
   pid, nproc = jax.process_index(), jax.process_count()
   _check_init_from(cfg, workdir / "checkpoints")
-  setup = recipe.build(cfg, pid, nproc, nproc > 1)  # Every process together: encodings split across them.
+  setup = build(cfg, pid, nproc, nproc > 1)  # Every process together: encodings split across them.
   mesh = mesh_lib.make_mesh(mesh_lib.axes(cfg.mesh))
   batch_sharding = mesh_lib.batch_sharding(mesh)
   distributed.check_batch_layout(batch_sharding, cfg.train.batch_size, pid, nproc)
@@ -152,9 +153,11 @@ def train(cfg, workdir: str | Path, recipe) -> dict[str, float]:
         writer.write(done, last)
         bar.set_postfix(loss=f"{last['loss']:.4f}")
       bar.update(1)
-      if cfg.eval.every_steps and done % cfg.eval.every_steps == 0 and pid == 0:
-        t_eval = time.perf_counter()
-        writer.write(done, recipe.evaluate_during_training(cfg, workdir, jax.device_get(state.params)))
+      due = [(name, fn) for name, every, fn in evaluations if done % every == 0] if pid == 0 else []
+      if due:
+        t_eval, params = time.perf_counter(), jax.device_get(state.params)
+        for name, fn in due:
+          writer.write(done, {f"{name}/{k}": v for k, v in fn(params).items()})
         eval_s += time.perf_counter() - t_eval
       if ckpt.should_save(done) and done != total:
         save(done)
