@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bucket_speed.py --config configs/ablation.py:row=unlab,student=l2,... [--steps 120]
 
-Builds the config's real training setup (``loop.build``: its pipeline, student, teacher tables and
+Builds the config's real training setup (``recipes.build``: its pipeline, student, teacher tables and
 optimizer; run ``--mode precompute`` of the same config first so the tables come from the cache), then
 times the jitted train step of each variant on one device, in rounds (every variant runs
 ``--steps`` / ``--rounds`` steps per round, in turn), each step from ``pipeline.batch`` (host-side
@@ -85,12 +85,12 @@ def main():
   args = parser.parse_args()
   import os
   from edistill import config_lib, host
-  from edistill.train import loop
+  from edistill import recipes
   host.tune_malloc()
   cfg = config_lib.load_config(args.config)
   config_lib.validate(cfg)
   t0 = time.perf_counter()
-  setup = loop.build(cfg)
+  setup = recipes.build(cfg)
   print(f"setup {time.perf_counter() - t0:.0f} s: {len(setup.pipe.examples):,} examples", flush=True)
   names = args.variants.split(",")
   runners, seen, next_step = {}, {}, {}

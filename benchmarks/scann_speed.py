@@ -1,6 +1,6 @@
 """ScaNN vs exact search: queries/s, build time and recall@k against exact, on real text embeddings.
 
-    .venv/bin/python -m edistill.data.sources --source wordnet_gcide --out /tmp/wg_full
+    .venv/bin/python -m edistill.data.benchmarks --source wordnet_gcide --out /tmp/wg_full
     .venv/bin/python benchmarks/scann_speed.py --data /tmp/wg_full [--json out.json]
 
 Corpus: the WordNet->GCIDE BEIR directory (documents = GCIDE entries); queries: up to ``--queries``
@@ -35,7 +35,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from edistill.eval import index as index_lib
+from edistill.retrieval import index as index_lib
 from edistill.models import zoo
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -6,7 +6,7 @@
 ``--config`` (and ``--config.x.y=v`` overrides) is the edistill run's; ``--workdir`` is that run's
 workdir, whose ``per_query_<split>.json`` holds the teacher's per-query MRR@10, so each peer's
 share of the teacher carries the same paired bootstrap interval as edistill's own rows. The data are
-exactly what edistill trained on (``loop.build``: labeled, generated and teacher-labeled unlabeled
+exactly what edistill trained on (``recipes.build``: labeled, generated and teacher-labeled unlabeled
 pairs, its cached teacher tables), the student is the config's (e.g. MiniLM-L6's first 2 layers), and
 batch, steps, peak learning rate, 10 % warmup, cosine decay, weight decay 0.01 and clipping at 1.0
 are the config's. Each recipe is trained with ``SentenceTransformerTrainer``:
@@ -137,7 +137,8 @@ def evaluate(recipe: str, model, loss, cfg, split: str) -> tuple[dict, dict]:
   """(metrics, per-query MRR@10) of a trained peer on ``split`` (exact search, top 100)."""
   import torch
   from edistill.data import tfds_builders
-  from edistill.eval import encode as encode_lib, metrics
+  from edistill.eval import metrics
+  from edistill.retrieval import encode as encode_lib
   from edistill.models import zoo
   data = tfds_builders.load(tfds_builders.prepare_config(cfg.data, cfg.seed), split)
   q = model.encode(data.query_texts, batch_size=128, convert_to_numpy=True)
@@ -159,7 +160,7 @@ def evaluate(recipe: str, model, loss, cfg, split: str) -> tuple[dict, dict]:
 def main(_):
   from edistill import config_lib
   from edistill.eval import metrics
-  from edistill.train import loop
+  from edistill import recipes
   F = flags.FLAGS
   cfg = F.config
   config_lib.validate(cfg)
@@ -171,7 +172,7 @@ def main(_):
   out = Path(F.out or workdir)
   out.mkdir(parents=True, exist_ok=True)
   steps = F.steps or cfg.train.steps
-  setup = loop.build(cfg)
+  setup = recipes.build(cfg)
   results = {}
   for recipe in F.recipes:
     model, loss, seconds = train(recipe, cfg, setup, steps, out)

@@ -25,7 +25,8 @@ from edistill.models.dual_encoder import DualEncoder, init_projection
 from edistill.models.encoder import Encoder, TransformerConfig
 from edistill.teachers import Teacher
 from edistill.train import state as state_lib
-from edistill.train.step import LossConfig, train_step
+from edistill.objective import LossConfig
+from edistill.train.step import train_step
 
 MINILM = TransformerConfig("bert", vocab_size=30522, hidden_size=384, num_layers=6, num_heads=12,
                            intermediate_size=1536, max_position_embeddings=512, layer_norm_eps=1e-12)

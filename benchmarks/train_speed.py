@@ -116,7 +116,8 @@ class Edistill:
     from edistill.models.dual_encoder import DualEncoder
     from edistill.models.encoder import Encoder
     from edistill.train import state as state_lib
-    from edistill.train.step import LossConfig, compute_loss, jit_train_step
+    from edistill.objective import LossConfig, compute_loss
+    from edistill.train.step import jit_train_step
 
     head = hf_import.read_head(path)
     if pre is None:  # zoo.load minus its tokenizer (transformers' AutoTokenizer imports torch).

@@ -8,9 +8,11 @@ restores onto another.
 from __future__ import annotations
 
 import os
-from typing import Any
+import re
+from typing import Any, Sequence
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
@@ -97,13 +99,68 @@ def latest_params(directory: str | os.PathLike, missing: str = "") -> tuple[int 
     ckpt.close()
 
 
-def restore_params(directory: str | os.PathLike, state_target: Any, step: int | None = None) -> Any:
-  """The params of another run's checkpoint (init-from-checkpoint; optimizer state is not taken)."""
+MISSING = ("error", "init")  # config.train.init_from_missing
+
+
+def _flat(tree, prefix: str = "") -> dict[str, Any]:
+  """{"a/b/c": leaf} of a nested dict of arrays."""
+  out = {}
+  for k, v in tree.items():
+    name = f"{prefix}{k}"
+    out.update(_flat(v, name + "/") if isinstance(v, dict) else {name: v})
+  return out
+
+
+def _unflat(flat: dict[str, Any]) -> dict:
+  out: dict = {}
+  for name, v in flat.items():
+    *path, last = name.split("/")
+    node = out
+    for p in path:
+      node = node.setdefault(p, {})
+    node[last] = v
+  return out
+
+
+def init_params_from(directory: str | os.PathLike, init_params: Any, remap: Sequence[str] = (),
+                     missing: str = "error") -> Any:
+  """``init_params`` with every leaf another run's latest checkpoint has, taken from it (its params
+  only: a different optimizer, schedule or step count does not matter).
+
+  Names are "/"-joined paths (``query_tower/layer_0/mlp_in/kernel``). ``remap`` entries
+  ``"PATTERN=REPLACEMENT"`` (``re.sub``, in order, as t5x's assignment map) rename the checkpoint's
+  leaves first. A leaf of ``init_params`` the checkpoint lacks raises (``missing="error"``) or keeps
+  its fresh initial value (``"init"``: e.g. a projection head added since); a shape mismatch always
+  raises naming the leaf. Leaves of the checkpoint nothing asks for are logged and left out.
+  """
+  if missing not in MISSING:
+    raise ValueError(f"config.train.init_from_missing={missing!r}; expected one of {MISSING}.")
   path = _path(directory)
   if not path.is_dir():
     raise CheckpointNotFoundError(f"{path}: init checkpoint directory does not exist.")
-  ckpt = Checkpointer(path)
-  try:
-    return ckpt.restore(state_target, step).params
-  finally:
-    ckpt.close()
+  _, saved = latest_params(path, " to initialise from (config.train.init_from)")
+  flat = _flat(jax.device_get(saved))
+  for rule in remap:
+    pattern, eq, repl = rule.partition("=")
+    if not eq:
+      raise ValueError(f"config.train.init_from_remap entry {rule!r}: expected 'PATTERN=REPLACEMENT'.")
+    flat = {re.sub(pattern, repl, k): v for k, v in flat.items()}
+  out, fresh = {}, []
+  for name, leaf in _flat(init_params).items():
+    if name not in flat:
+      if missing == "error":
+        raise CheckpointNotFoundError(f"{path}: the checkpoint has no {name!r} (it has {sorted(flat)[:6]}...); "
+                                      "set config.train.init_from_remap, or init_from_missing='init' to keep "
+                                      "its fresh initial value.")
+      out[name] = leaf
+      fresh.append(name)
+      continue
+    if np.shape(flat[name]) != np.shape(leaf):
+      raise ValueError(f"{path}: {name!r} has shape {np.shape(flat[name])} in the checkpoint, "
+                       f"{np.shape(leaf)} in this model.")
+    out[name] = np.asarray(flat[name], dtype=np.asarray(leaf).dtype)
+  unused = sorted(set(flat) - set(out))
+  if fresh or unused:
+    logging.warning("init_from %s: %d leaves freshly initialised %s; %d checkpoint leaves unused %s", path,
+                    len(fresh), fresh[:4], len(unused), unused[:4])
+  return _unflat(out)

@@ -12,17 +12,16 @@ from pathlib import Path
 
 import ml_collections
 
+from edistill import checkpoint, mesh, objective
+from edistill.data import benchmarks, formats
+from edistill.models import cross_encoder
+
 MODES = ("train", "eval", "cross_domain", "precompute", "export", "similarity")
 STUDENT_KINDS = ("tied", "untied", "asymmetric", "cross")  # "cross": train a cross-encoder (configs/cross_encoder.py)
 REMAT = ("none", "layer")
-UNLABELED_POOLS = ("slice", "wordnet_all")  # config.data.unlabeled_pool (data/tfds_builders.py)
-OFFLINE_SOURCES = ("stdlib", "wordnet_gcide", "debian")  # Built here (data/sources.py); the rest are read from data.path.
-SOURCES = (*OFFLINE_SOURCES, "beir", "msmarco", "dpr_nq")
-
-
-def cache_root() -> Path:
-  """Where downloads, built datasets and embedding caches live: ``$EDISTILL_CACHE`` or ~/.cache/edistill."""
-  return Path(os.environ.get("EDISTILL_CACHE", Path.home() / ".cache" / "edistill"))
+UNLABELED_POOLS = benchmarks.UNLABELED_POOLS
+OFFLINE_SOURCES = tuple(benchmarks.BENCHMARKS)  # Built here (data/benchmarks/); the rest are read from data.path.
+SOURCES = (*OFFLINE_SOURCES, *formats.FORMATS)
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
@@ -68,6 +67,7 @@ def base_config() -> ml_collections.ConfigDict:
   """Every field a training config has, with defaults (presets change values, never add keys)."""
   cfg = ml_collections.ConfigDict()
   cfg.mode = "train"
+  cfg.recipe = ""  # What the config builds (edistill/recipes/); "": implied by student.kind and teacher.kind.
   cfg.seed = 0
   cfg.data = ml_collections.ConfigDict({
       "source": "wordnet_gcide", "path": "", "corpus_size": 10000, "split": "train", "errors": "raise",
@@ -92,15 +92,16 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.student = encoder_config("minilm-l6")
   cfg.student.kind = "asymmetric"
   cfg.student.projection_init = "lstsq"  # or "random": how the student -> teacher projection starts.
-  cfg.loss = ml_collections.ConfigDict({
-      "label": 1.0, "score": 1.0, "margin_mse": 0.0, "query_emb": 1.0, "doc_emb": 0.0,
-      "temperature": 0.05, "student_temperature": 0.05, "teacher_temperature": 0.05,
-      "score_kind": "softmax_ce", "emb_kind": "l2"})
+  # Each term's weight (objective.TERMS; 0 disables it) and the settings the terms read.
+  cfg.loss = ml_collections.ConfigDict({**{t.name: t.default for t in objective.TERMS.values()}, **objective.SETTINGS})
   cfg.train = ml_collections.ConfigDict({
       "batch_size": 64, "steps": 2000, "learning_rate": 5e-5, "warmup_steps": 100, "weight_decay": 0.01,
       "grad_clip": 1.0, "schedule": "cosine", "frozen": (), "log_every": 20, "checkpoint_every": 500,
       "pull_to_init": 0.0,  # > 0: L2-SP, the gradient of pull / 2 * ||params - initial params||^2 (state.py).
       "keep_checkpoints": 2, "init_from": "",
+      # init_from: another run's checkpoints, params only; remap "PATTERN=REPLACEMENT" renames its leaves
+      # (re.sub on "a/b/c" names); missing "error" or "init" (a leaf it lacks keeps its fresh value).
+      "init_from_remap": (), "init_from_missing": "error",
       "grad_cache_chunk": 0,  # > 0: GradCache with chunks of this many queries (memory-bounded big batches).
       "remat": "none"})  # "layer": recompute each transformer layer in the backward pass (activation memory).
   # Multi-host (jax.distributed). enabled + no coordinator_address = auto-detect (Cloud TPU, SLURM, ...).
@@ -109,7 +110,8 @@ def base_config() -> ml_collections.ConfigDict:
       "cpu_collectives": "", "timeout_s": 300})
   cfg.querygen = ml_collections.ConfigDict({"ratio": 0.0, "ict_fraction": 0.5})
   cfg.cross_encoder = cross_encoder_config()
-  cfg.mesh = ml_collections.ConfigDict({"data": -1, "model": 1})
+  # Axis sizes (-1: the rest of the devices) and the ordered parameter-sharding rules (mesh.py).
+  cfg.mesh = ml_collections.ConfigDict({"data": -1, "model": 1, "rules": mesh.DEFAULT_RULES})
   cfg.eval = ml_collections.ConfigDict({
       "split": "test", "models": ("teacher", "student_zero_shot", "student", "bm25"), "k": 100, "scann": True,
       "checkpoint": "", "every_steps": 0, "during_training_split": "dev",
@@ -117,6 +119,9 @@ def base_config() -> ml_collections.ConfigDict:
       # e.g. ("wordnet_gcide:10000", "debian:10000", "stdlib", "beir:/data/scifact").
       "domains": (),
       "at_end": True})  # After training: evaluate every model in eval.models on eval.split.
+  # Named evaluations {name: {type, models, split, scann, every_steps}} (eval/evaluators/); empty: the one
+  # config.eval describes ("eval": the trained model on eval.during_training_split every eval.every_steps).
+  cfg.evals = ml_collections.ConfigDict()
   return cfg
 
 
@@ -195,11 +200,12 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.student.kind={cfg.student.kind!r}; expected one of {STUDENT_KINDS}.")
   if cfg.data.source not in SOURCES:
     raise ValueError(f"config.data.source={cfg.data.source!r}; expected one of {SOURCES}.")
-  for k in ("label", "score", "margin_mse", "query_emb", "doc_emb"):
+  for k in objective.TERMS:
     if cfg.loss[k] < 0:
       raise ValueError(f"config.loss.{k}={cfg.loss[k]} must be >= 0.")
-  if not any(cfg.loss[k] for k in ("label", "score", "margin_mse", "query_emb", "doc_emb")):
+  if not any(cfg.loss[k] for k in objective.TERMS):
     raise ValueError("config.loss: every term has weight 0; nothing to train.")
+  uses_teacher = cfg.student.kind == "asymmetric" or objective.loss_config(cfg.loss).needs_teacher()
   if cfg.student.kind == "asymmetric" and cfg.loss.doc_emb:
     raise ValueError("config.loss.doc_emb must be 0 for an asymmetric student (its documents are the teacher's).")
   for k in ("temperature", "student_temperature", "teacher_temperature"):
@@ -222,25 +228,28 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   if cfg.data.bucket_window < 0 or cfg.data.pad_multiple < 0:
     raise ValueError(f"config.data.bucket_window={cfg.data.bucket_window} / pad_multiple={cfg.data.pad_multiple} "
                      "must be >= 0 (0 = off).")
-  if (cfg.data.bucket_window or cfg.data.pad_multiple) and "cross" in (cfg.student.kind, cfg.teacher.kind):
+  from edistill import recipes  # Lazy: the recipes import the whole package.
+  if (cfg.data.bucket_window or cfg.data.pad_multiple) and recipes.of(cfg).packs_pairs:
     raise ValueError("config.data.bucket_window / pad_multiple are for dual-encoder training; cross-encoder "
                      "training and CE distillation pack pairs to a fixed length (set them to 0).")
   if cfg.data.teacher_negatives < 0:
     raise ValueError(f"config.data.teacher_negatives={cfg.data.teacher_negatives} must be >= 0 (0 = off).")
   if cfg.data.teacher_negatives and (cfg.data.num_hard_negatives < 1 or cfg.teacher.mode != "precomputed"
-                                     or cfg.teacher.kind != "dual" or not (cfg.student.kind == "asymmetric" or any(
-                                         cfg.loss[k] for k in ("score", "margin_mse", "query_emb", "doc_emb")))):
+                                     or cfg.teacher.kind != "dual" or not uses_teacher):
     raise ValueError("config.data.teacher_negatives mines from the dual-encoder teacher's precomputed tables: it "
                      "needs config.data.num_hard_negatives >= 1, teacher.mode='precomputed', teacher.kind='dual' and a "
                      "teacher in use (a distillation loss or an asymmetric student).")
   if cfg.data.unlabeled_queries < 0:
     raise ValueError(f"config.data.unlabeled_queries={cfg.data.unlabeled_queries} must be >= 0.")
-  if cfg.data.unlabeled_queries and not (cfg.student.kind == "asymmetric" or any(
-      cfg.loss[k] for k in ("score", "margin_mse", "query_emb", "doc_emb"))):
+  if cfg.data.unlabeled_queries and not uses_teacher:
     raise ValueError("config.data.unlabeled_queries needs a teacher: a distillation loss or an asymmetric student.")
   if cfg.data.unlabeled_queries and cfg.teacher.mode != "precomputed":
     raise ValueError("config.data.unlabeled_queries needs config.teacher.mode='precomputed' (the teacher "
                      "labels them with its top-1 document from its precomputed document table).")
+  mesh.rules(cfg.mesh)  # Raises naming a malformed config.mesh.rules entry.
+  if cfg.train.init_from_missing not in checkpoint.MISSING:
+    raise ValueError(f"config.train.init_from_missing={cfg.train.init_from_missing!r}; expected one of "
+                     f"{checkpoint.MISSING}.")
   if cfg.train.pull_to_init < 0:
     raise ValueError(f"config.train.pull_to_init={cfg.train.pull_to_init} must be >= 0 (0 = off).")
   if cfg.train.remat not in REMAT:
@@ -250,7 +259,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.train.grad_cache_chunk={cfg.train.grad_cache_chunk} must be 0 (off) or a positive "
                      f"divisor of config.train.batch_size={cfg.train.batch_size}.")
   _validate_cross_encoder(cfg)
-  if cfg.train.grad_cache_chunk and "cross" in (cfg.student.kind, cfg.teacher.kind):
+  if cfg.train.grad_cache_chunk and recipes.of(cfg).packs_pairs:
     raise ValueError("config.train.grad_cache_chunk is for dual-encoder students; cross-encoder training and "
                      "CE distillation use the plain step (set it to 0).")
   if not 0 <= cfg.querygen.ratio < 1:
@@ -258,12 +267,11 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
 
 
 def _validate_cross_encoder(cfg: ml_collections.ConfigDict) -> None:
-  from edistill.models.cross_encoder import HEADS  # Lazy: keeps config parsing free of jax.
   ce = cfg.cross_encoder
   if cfg.teacher.kind not in ("dual", "cross"):
     raise ValueError(f"config.teacher.kind={cfg.teacher.kind!r}; expected 'dual' or 'cross'.")
-  if ce.head not in HEADS:
-    raise ValueError(f"config.cross_encoder.head={ce.head!r}; expected one of {HEADS}.")
+  if ce.head not in cross_encoder.HEADS:
+    raise ValueError(f"config.cross_encoder.head={ce.head!r}; expected one of {cross_encoder.HEADS}.")
   if ce.negatives not in ("hard", "in_batch"):
     raise ValueError(f"config.cross_encoder.negatives={ce.negatives!r}; expected 'hard' or 'in_batch'.")
   if ce.mine not in ("bm25", "none"):
@@ -272,24 +280,7 @@ def _validate_cross_encoder(cfg: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.cross_encoder.first_stage={ce.first_stage!r}; expected 'bm25' or 'teacher'.")
   if ce.temperature <= 0 or ce.rerank_k < 1 or ce.batch_size < 1:
     raise ValueError("config.cross_encoder.temperature, rerank_k and batch_size must be > 0.")
-  if cfg.student.kind == "cross":
-    if ce.negatives == "hard" and cfg.data.num_hard_negatives < 1:
-      raise ValueError("config.cross_encoder.negatives='hard' needs config.data.num_hard_negatives >= 1.")
-    if ce.negatives == "in_batch" and cfg.data.num_hard_negatives:
-      raise ValueError("config.cross_encoder.negatives='in_batch' pairs each query with the batch's positives; "
-                       "set config.data.num_hard_negatives=0.")
-  if cfg.teacher.kind == "cross":
-    if cfg.student.kind in ("asymmetric", "cross"):
-      raise ValueError(f"config.student.kind={cfg.student.kind!r} cannot learn from a cross-encoder teacher (it has "
-                       "no document tower to share); use 'tied' or 'untied'.")
-    if not ce.checkpoint:
-      raise ValueError("config.teacher.kind='cross' needs config.cross_encoder.checkpoint (a trained CE's checkpoints).")
-    if cfg.data.num_hard_negatives < 1 and (cfg.loss.score or cfg.loss.margin_mse):
-      raise ValueError("score distillation from a cross-encoder runs over each query's candidates: set "
-                       "config.data.num_hard_negatives >= 1.")
-    if ce.head != "dual" and (cfg.loss.query_emb or cfg.loss.doc_emb):
-      raise ValueError("config.loss.query_emb/doc_emb need the dual-pooling head's vectors: "
-                       "config.cross_encoder.head='dual' (the cls head has no query/document embeddings).")
-    if "teacher" in cfg.eval.models:
-      raise ValueError("config.eval.models: a cross-encoder teacher is not a retriever; drop 'teacher' (its "
-                       "re-ranking quality: --config.student.kind=cross evaluation, edistill/eval/rerank.py).")
+  from edistill import recipes  # Lazy: the recipes import the whole package.
+  from edistill.eval import evaluators
+  recipes.of(cfg).validate(cfg)
+  evaluators.specs(cfg, recipes.of(cfg).evaluator)  # Raises naming a bad config.evals entry.

@@ -135,6 +135,11 @@ def process0_first(fn: Callable[[], T], name: str = "process0_first") -> T:
   return out if jax.process_index() == 0 else fn()
 
 
+def process0_first_if(multihost: bool, fn: Callable[[], T], name: str) -> T:
+  """``process0_first(fn)`` when ``multihost`` (every process calls it together), else just ``fn()``."""
+  return process0_first(fn, f"build:{name}") if multihost else fn()
+
+
 def check_batch_layout(sharding: jax.sharding.Sharding, global_batch_size: int,
                        process_index: int | None = None, process_count: int | None = None) -> None:
   """Raises unless this host's devices hold exactly rows ``[i*B/n, (i+1)*B/n)`` of a global batch.

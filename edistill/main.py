@@ -27,7 +27,7 @@ from etils import epath
 from ml_collections import config_flags
 
 from edistill import config_lib, distributed, host
-from edistill.eval import encode as encode_lib
+from edistill.retrieval import encode as encode_lib
 from edistill.models import zoo
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/X.py[:arg]).",
@@ -125,9 +125,10 @@ def main(argv):
   if config.mode == "similarity":
     print(run_similarity(config, workdir))
   elif config.mode == "train":
+    from edistill import recipes
     from edistill.train import loop
     try:
-      metrics = loop.train(config, workdir)
+      metrics = recipes.train(config, workdir)
     except loop.Preempted as e:  # Saved; no evaluation of a half-trained student. Exit as killed by it.
       logging.warning("%s", e)
       sys.exit(128 + e.signum)
@@ -143,18 +144,14 @@ def main(argv):
   elif config.mode == "export":
     print(run_export(config, workdir))
   elif config.mode == "precompute":
-    from edistill.train import loop
-    print(loop.precompute(config))
+    from edistill import recipes
+    print(recipes.precompute(config))
 
 
 def evaluate(config, workdir: Path) -> str:
-  """The results table of ``config``'s models: retrieval (eval/suite.py), or re-ranking for a CE."""
-  from edistill.eval import evaluator
-  if config.student.kind == "cross":
-    from edistill.eval import rerank
-    return evaluator.results_table(rerank.run(config, workdir), teacher=None)
-  from edistill.eval import suite
-  return evaluator.results_table(suite.run(config, workdir))
+  """The results table of ``config``'s recipe: retrieval (eval/suite.py), or re-ranking for a CE."""
+  from edistill import recipes
+  return recipes.of(config).results(config, workdir)
 
 
 if __name__ == "__main__":

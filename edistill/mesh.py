@@ -24,6 +24,25 @@ DEFAULT_RULES: tuple[tuple[str, int], ...] = (
 )
 
 
+def axes(mesh_cfg: Mapping) -> dict[str, int]:
+  """The axis sizes of a config's ``mesh`` section (every entry but ``rules``)."""
+  return {k: int(v) for k, v in mesh_cfg.items() if k != "rules"}
+
+
+def rules(mesh_cfg: Mapping) -> tuple[tuple[str, int], ...]:
+  """The ordered (path regex, tensor axis) rules of a config's ``mesh`` section; each is checked."""
+  out = []
+  for rule in mesh_cfg.get("rules", DEFAULT_RULES):
+    if len(rule) != 2 or not isinstance(rule[0], str) or not isinstance(rule[1], int):
+      raise ValueError(f"config.mesh.rules entry {rule!r}: expected (path regex, tensor axis int).")
+    try:
+      re.compile(rule[0])
+    except re.error as e:
+      raise ValueError(f"config.mesh.rules entry {rule!r}: bad regex ({e}).") from None
+    out.append((rule[0], rule[1]))
+  return tuple(out)
+
+
 def make_mesh(mesh_shape: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
   """A mesh over ``devices`` (default all) with the named axes; one -1 entry fills the rest."""
   devices = list(devices if devices is not None else jax.devices())

@@ -1,10 +1,16 @@
-"""Frozen teachers: embeddings computed on the fly (stop_gradient) or looked up from a table.
+"""Frozen teachers: one interface, ``signals(params, batch, needs)``, for what the objective reads.
 
-A teacher is never in the optimizer or the checkpoint. Inside the jitted train step it is either
-  online       its Encoder applied to the batch's tokens, under ``stop_gradient``, or
-  precomputed  rows of embedding tables ``[N, Dt]`` (computed once, e.g. over the whole corpus),
-               gathered by the batch's ``query_index`` / ``doc_index``.
-Both give the same numbers for the same inputs (tested), so the choice is only about cost.
+A teacher is never in the optimizer or the checkpoint. Inside the jitted train step it is
+  Teacher (dual encoder, layout ``in_batch``), either
+    online       its Encoder applied to the batch's tokens, under ``stop_gradient``, or
+    precomputed  rows of embedding tables ``[N, Dt]`` (computed once, e.g. over the whole corpus),
+                 gathered by the batch's ``query_index`` / ``doc_index``;
+    both give the same numbers for the same inputs (tested), so the choice is only about cost; or
+  CrossEncoderTeacher (layout ``per_candidate``): a trained cross-encoder's scores of each query's
+    own candidates and (dual head) its pooled pair vectors, precomputed per training example and
+    carried in the batch (``recipes/embed_distill.py`` adds them).
+``needs`` names the signals wanted: "scores" (the teacher's scores in its layout), "query" and "doc"
+(embedding targets). See ``objective.py`` for the layouts' shapes.
 """
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from edistill import losses
 from edistill.models.encoder import Encoder
 
 MODES = ("online", "precomputed")
@@ -33,6 +40,19 @@ class Teacher:
     if self.mode not in MODES:
       raise ValueError(f"unknown teacher mode {self.mode!r}; expected one of {MODES}.")
 
+  layout = "in_batch"
+
+  def signals(self, params, batch, needs: set[str]) -> dict[str, jax.Array]:
+    """{"query": [b, Dt], "doc": [b * C, Dt], "scores": [b, b * C]}, those in ``needs`` (and what they use)."""
+    out = {}
+    if needs & {"query", "scores"}:
+      out["query"] = self.query_embeddings(params, batch)
+    if needs & {"doc", "scores"}:
+      out["doc"] = self.doc_embeddings(params, batch)
+    if "scores" in needs:
+      out["scores"] = losses.score_matrix(out["query"], out["doc"])
+    return out
+
   def query_embeddings(self, params, batch) -> jax.Array:
     """[b, Dt] for the batch's queries."""
     if self.mode == "precomputed":
@@ -50,3 +70,19 @@ class Teacher:
   def _encode(self, params, ids, mask):
     emb = self.encoder.apply({"params": params["encoder"]}, ids, mask)
     return jax.lax.stop_gradient(emb)
+
+
+@dataclasses.dataclass(frozen=True)
+class CrossEncoderTeacher:
+  """A cross-encoder's outputs per training example, carried in the batch: ``teacher_scores`` [b, C]
+  (column 0 the positive) and, for the dual head, ``teacher_query_vectors`` / ``teacher_doc_vectors``
+  [b, C, H]. Its params are unused (None)."""
+
+  layout = "per_candidate"
+  BATCH_KEYS = {"scores": "teacher_scores", "query": "teacher_query_vectors", "doc": "teacher_doc_vectors"}
+
+  def signals(self, params, batch, needs: set[str]) -> dict[str, jax.Array]:
+    missing = sorted(self.BATCH_KEYS[n] for n in needs if self.BATCH_KEYS[n] not in batch)
+    if missing:
+      raise ValueError(f"the cross-encoder teacher has no {missing} in the batch (a 'dual' head gives the vectors).")
+    return {n: batch[self.BATCH_KEYS[n]] for n in needs}

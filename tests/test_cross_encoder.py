@@ -8,13 +8,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from edistill import config_lib, mesh as mesh_lib
+from edistill import config_lib, mesh as mesh_lib, objective, teachers
 from edistill.data import pipeline
 from edistill.models import cross_encoder as ce_lib
 from edistill.models import hf_import, tokenization
 from edistill.models.encoder import Encoder
-from edistill.train import ce, loop
-from edistill.train.step import LossConfig
+from edistill import recipes
+from edistill.recipes import cross_encoder as ce
+from edistill.objective import LossConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 BERT_LIKE = ce_lib.PairTemplate(prefix=(2,), middle=(3,), suffix=(3,), pad_id=0, token_types=True)
@@ -190,6 +191,8 @@ def test_ce_training_loss_is_the_listwise_softmax_ce(fixtures):
 class _FixedStudent:
   """A 'dual encoder' whose embeddings are its parameters: isolates the loss arithmetic."""
 
+  kind = "untied"
+
   def encode_queries(self, params, *_):
     return params["q"]
 
@@ -251,7 +254,9 @@ def test_ce_distillation_losses_match_numpy_references(kind):
   params, batch = _distill_case(0)
   cfg = LossConfig(label=1.0, score=0.7, query_emb=0.5, doc_emb=0.3, temperature=0.5, student_temperature=0.4,
                    teacher_temperature=2.0, score_kind=kind)
-  fn = jax.jit(lambda p, x: ce.distill_loss(p, x, jax.random.key(0), student=_FixedStudent(), cfg=cfg))
+  teacher = teachers.CrossEncoderTeacher()
+  fn = jax.jit(lambda p, x: objective.compute_loss(p, None, x, jax.random.key(0), student=_FixedStudent(),
+                                                   teacher=teacher, cfg=cfg))
   loss, metrics = fn(params, batch)
   ref = _np_distill(params, batch, cfg)
   for k, v in ref.items():
@@ -262,8 +267,10 @@ def test_ce_distillation_losses_match_numpy_references(kind):
 
 def test_ce_distillation_gradient_moves_student_scores_towards_the_teacher():
   params, batch = _distill_case(1)
-  cfg = LossConfig(label=0.0, score=1.0, student_temperature=1.0, teacher_temperature=1.0)
-  grads = jax.grad(lambda p: ce.distill_loss(p, batch, jax.random.key(0), student=_FixedStudent(), cfg=cfg)[0])(params)
+  cfg = LossConfig(label=0.0, score=1.0, query_emb=0.0, student_temperature=1.0, teacher_temperature=1.0)
+  teacher = teachers.CrossEncoderTeacher()
+  grads = jax.grad(lambda p: objective.compute_loss(p, None, batch, jax.random.key(0), student=_FixedStudent(),
+                                                    teacher=teacher, cfg=cfg)[0])(params)
   # dL/ds_ic = (p_s - p_t) / (tau_s * B); chain rule through s_ic = <q_i, d_ic>.
   q, d = params["q"].astype(np.float64), params["d"].astype(np.float64).reshape(4, 3, -1)
   s = np.einsum("bd,bcd->bc", q, d)
@@ -296,7 +303,7 @@ def _tiny(cfg, tiny_models):
 def test_ce_configs_train_rerank_and_distill_two_steps(tmp_path, tiny_models, isolated_cache, head, negatives):
   from edistill.eval import rerank
   cfg = _tiny(_load("cross_encoder", f"head={head},negatives={negatives},runlocal"), tiny_models)
-  metrics = loop.train(cfg, tmp_path / "ce")
+  metrics = recipes.train(cfg, tmp_path / "ce")
   assert np.isfinite(metrics["loss"]) and {k.split("/")[0] for k in metrics if "/" in k} == {"label"}
   rows = rerank.run(cfg, tmp_path / "ce")
   assert set(rows) == {"first_stage", "reranked"}
@@ -307,7 +314,7 @@ def test_ce_configs_train_rerank_and_distill_two_steps(tmp_path, tiny_models, is
   if negatives == "in_batch":
     return
   student = _tiny(_load("ce_distill", f"head={head},ce={tmp_path / 'ce' / 'checkpoints'},runlocal"), tiny_models)
-  metrics = loop.train(student, tmp_path / "student")
+  metrics = recipes.train(student, tmp_path / "student")
   expected = {"label", "score"} | ({"query_emb", "doc_emb"} if head == "dual" else set())
   assert {k.split("/")[0] for k in metrics if "/" in k} == expected
   assert np.isfinite(metrics["loss"])

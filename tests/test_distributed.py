@@ -17,7 +17,7 @@ import pytest
 
 from edistill import checkpoint, config_lib, distributed, mesh as mesh_lib
 from edistill.models import hf_import
-from edistill.train import loop
+from edistill import recipes
 from tests.test_main import wait_for_logged_steps
 from tests.test_train import _config, _without_key_bias
 
@@ -102,7 +102,7 @@ def test_two_processes_train_like_one_process(tmp_path, tiny_models, isolated_ca
   # Reference: this process (8 devices), same config, same global batch of 8. It also fills the
   # dataset cache the two processes then read; its teacher tables are moved aside so that the two
   # processes encode them again, each its own half.
-  loop.train(_config(tiny_models, steps=STEPS), tmp_path / "one")
+  recipes.train(_config(tiny_models, steps=STEPS), tmp_path / "one")
   shutil.move(isolated_cache / "embeddings", tmp_path / "embeddings_one")
   port = _free_port()
   workdir = tmp_path / "two"

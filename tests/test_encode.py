@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from edistill import mesh as mesh_lib
-from edistill.eval import encode as enc
+from edistill.retrieval import encode as enc
 from edistill.models import hf_import, tokenization
 from edistill.models.encoder import Encoder
 from tests.conftest import write_wordpiece_vocab

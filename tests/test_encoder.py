@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from edistill.models import encoder, hf_import
+from edistill.models.arch import mpnet
 
 TOL = 1e-5
 
@@ -99,7 +100,7 @@ def test_dropout_is_active_only_when_not_deterministic(fixtures, ref):
 
 
 def test_relative_position_buckets_hand_computed():
-  b = encoder.relative_position_buckets(210)
+  b = mpnet.relative_position_buckets(210)
   # b[context, memory]; n = context - memory; n < 0 (memory to the right) uses buckets 16..31.
   assert b[0, 0] == 0 and b[1, 0] == 1 and b[0, 1] == 17 and b[7, 0] == 7
   assert b[20, 0] == 8 + int(np.log(20 / 8) / np.log(16) * 8)  # = 10, logarithmic range.
@@ -108,7 +109,7 @@ def test_relative_position_buckets_hand_computed():
 
 def test_mpnet_position_ids_skip_padding():
   ids = jnp.array([[0, 7, 9, 2, 1, 1]])
-  np.testing.assert_array_equal(encoder.mpnet_position_ids(ids, 1), [[2, 3, 4, 5, 1, 1]])
+  np.testing.assert_array_equal(mpnet.position_ids(ids, 1), [[2, 3, 4, 5, 1, 1]])
 
 
 def test_invalid_configuration_is_rejected():
@@ -161,3 +162,8 @@ def test_cpu_inference_compiler_options_give_the_same_embeddings(fixtures, ref):
   args = (params, ref["bert_input_ids"], ref["bert_attention_mask"])
   plain, tuned = np.asarray(jax.jit(fn)(*args)), np.asarray(xla_options.inference_jit(fn)(*args))
   assert np.abs(tuned - plain).max() <= 1e-6 and np.abs(plain).mean() > 0.1
+
+
+def test_output_dim_is_the_projection_width_else_the_hidden_size():
+  cfg = encoder.TransformerConfig("bert", 50, 16, 1, 2, 32, 64, 1e-12)
+  assert encoder.Encoder(cfg).output_dim == 16 and encoder.Encoder(cfg, projection_dim=8).output_dim == 8

@@ -4,9 +4,9 @@ import json
 import numpy as np
 import pytest
 
-from edistill.data.tfds_builders import RetrievalSet
+from edistill.data.types import RetrievalSet
 from edistill.eval import evaluator, suite
-from edistill.train import loop
+from edistill import recipes
 from tests.test_train import _config
 
 DATA = RetrievalSet(doc_ids=["a", "b", "c"], doc_texts=["red apple fruit", "blue ocean water", "green forest trees"],
@@ -74,7 +74,7 @@ def test_teacher_intervals_bootstrap_the_share_of_the_teacher():
 def test_eval_mode_and_eval_during_training(tmp_path, tiny_models, isolated_cache):
   cfg = _config(tiny_models, steps=2)
   cfg.eval.every_steps = 2
-  metrics = loop.train(cfg, tmp_path)
+  metrics = recipes.train(cfg, tmp_path)
   logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert any("eval/mrr@10" in m for m in logged)
   assert (tmp_path / "results_dev.md").is_file()
@@ -116,7 +116,7 @@ def test_parse_domain_gives_the_full_pools_of_an_offline_benchmark():
 
 def test_cross_domain_evaluates_every_model_on_each_domain_in_one_table(tmp_path, tiny_models, isolated_cache):
   cfg = _config(tiny_models, steps=1)
-  loop.train(cfg, tmp_path)
+  recipes.train(cfg, tmp_path)
   in_domain = suite.run(cfg, tmp_path, split="test", models=("bm25",))
   cfg.eval.domains = ("stdlib:1000",)
   cfg.eval.scann = False

@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from edistill.eval import index as index_lib
-from edistill.eval.index import ScannConfig
+from edistill.retrieval import index as index_lib
+from edistill.retrieval.index import ScannConfig
 
 
 def reference_topk(queries: np.ndarray, docs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

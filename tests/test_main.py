@@ -240,7 +240,7 @@ def test_export_mode_writes_the_asymmetric_query_tower_as_the_model_retrieval_us
   from edistill import main
   from edistill.eval import suite
   from edistill.models import zoo
-  from edistill.train import loop
+  from edistill import recipes
   from edistill.models import hf_import
   # A teacher with a 6-d Dense head, so the student (hidden 32) needs a query projection.
   tpre = zoo.load(tiny_models["mpnet"], projection_dim=6)
@@ -252,7 +252,7 @@ def test_export_mode_writes_the_asymmetric_query_tower_as_the_model_retrieval_us
   cfg.teacher.num_layers = cfg.student.num_layers = 0
   cfg.data.corpus_size = 300
   work = tmp_path / "work"
-  loop.train(cfg, work)
+  recipes.train(cfg, work)
   manifest = json.loads(main.run_export(cfg, work))
   assert manifest["kind"] == "asymmetric" and manifest["step"] == cfg.train.steps
   assert manifest["documents"]["encoder"] == str(teacher)

@@ -7,7 +7,8 @@ import pytest
 
 from edistill.models.dual_encoder import DualEncoder
 from edistill.train import grad_cache, state as state_lib
-from edistill.train.step import LossConfig, compute_loss, loss_from_embeddings, train_step
+from edistill.objective import LossConfig, compute_loss, loss_from_embeddings
+from edistill.train.step import train_step
 from tests.test_train import ALL_TERMS, _batch, _run, _setup, _teacher_params, _without_key_bias
 
 ASYM = LossConfig(label=1.0, score=1.0, query_emb=1.0)
@@ -143,11 +144,11 @@ def test_memory_options_are_validated_with_their_key():
 
 
 def test_the_loop_trains_with_grad_cache_remat_and_bfloat16(tmp_path, tiny_models, isolated_cache):
-  from edistill.train import loop
+  from edistill import recipes
   from tests.test_train import _config
   cfg = _config(tiny_models, steps=1, grad_cache_chunk=2, remat="layer")
   cfg.student.dtype = "bfloat16"
-  setup = loop.build(cfg)
+  setup = recipes.build(cfg)
   assert setup.student.query_encoder.remat and setup.student.query_encoder.dtype == jnp.bfloat16
-  metrics = loop.train(cfg, tmp_path)
+  metrics = recipes.train(cfg, tmp_path)
   assert np.isfinite(metrics["loss"]) and metrics["loss"] > 0

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from edistill.data import pipeline
-from edistill.data.formats import DataError
+from edistill.data.types import DataError
 from edistill.models import tokenization
 from tests.conftest import write_wordpiece_vocab
 
@@ -120,7 +120,7 @@ def test_bad_configurations_are_rejected():
 
 
 def test_pipeline_from_a_loaded_retrieval_set(tmp_path):
-  from edistill.data.tfds_builders import RetrievalSet
+  from edistill.data.types import RetrievalSet
   tok = tokenization.load_tokenizer(write_wordpiece_vocab(tmp_path))
   rs = RetrievalSet(doc_ids=["d0", "d1", "d2", "d3"], doc_texts=["the cat", "the dog", "the mat", "cats sat"],
                     query_ids=["q0", "q1"], query_texts=["cat", "dog on mat"],

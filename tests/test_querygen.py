@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from edistill.data import formats, querygen
+from edistill import cache
+from edistill.data import querygen
 
 QUERIES = {"q1": "a large natural stream of flowing water", "q2": "an animal kept as a household pet",
            "q3": "the capital city of a country"}
@@ -53,12 +54,12 @@ def test_model_free_generation_is_deterministic_and_attached_to_relevant_documen
 
 
 def test_cache_reuses_the_written_file(tmp_path):
-  path = tmp_path / formats.content_key(method="model_free", num=5) / "q.jsonl"
+  path = tmp_path / cache.content_key(method="model_free", num=5) / "q.jsonl"
   made = querygen.cached(path, lambda: querygen.generate_model_free(QUERIES, QRELS, CORPUS, 5))
   again = querygen.cached(path, lambda: pytest.fail("must come from the cache"))
   assert made == again
-  assert formats.content_key(method="model_free", num=6) != formats.content_key(method="model_free", num=5)
-  assert formats.texts_fingerprint(["ab", "c"]) != formats.texts_fingerprint(["a", "bc"])  # NUL-separated.
+  assert cache.content_key(method="model_free", num=6) != cache.content_key(method="model_free", num=5)
+  assert cache.texts_fingerprint(["ab", "c"]) != cache.texts_fingerprint(["a", "bc"])  # NUL-separated.
 
 
 def test_mix_hits_the_ratio_of_training_pairs():

@@ -15,9 +15,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_every_peer_recipe_trains_and_is_scored_against_the_teacher(tmp_path, tiny_models, isolated_cache):
   from tests.test_train import _config
   from edistill.eval import suite
-  from edistill.train import loop
+  from edistill import recipes
   cfg = _config(tiny_models, "unlab", steps=4)
-  loop.train(cfg, tmp_path / "run")
+  recipes.train(cfg, tmp_path / "run")
   ours = suite.run(cfg, tmp_path / "run", split="test", models=("teacher",), scann=False)
   # The random tiny teacher may score 0 everywhere (no share): pair against a perfect one instead.
   per_query = tmp_path / "run" / "per_query_test.json"

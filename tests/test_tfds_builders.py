@@ -5,13 +5,14 @@ import shutil
 
 import pytest
 
-from edistill.data import formats, tfds_builders
-from edistill.data.formats import Document
+from edistill.data import tfds_builders
+from edistill.data.formats import beir
+from edistill.data.types import DataError, Document
 
 
 def _beir(tmp_path):
   docs = [Document("d1", "Rivers flow.", "River"), Document("d2", "Dogs bark."), Document("d3", "Café ☕")]
-  return formats.write_beir(tmp_path / "raw", docs, {"q1": "what flows", "q2": "who barks", "q3": "coffee"},
+  return beir.write(tmp_path / "raw", docs, {"q1": "what flows", "q2": "who barks", "q3": "coffee"},
                             {"train": {"q1": {"d1": 1}, "q2": {"d2": 2, "d3": 0}}, "test": {"q3": {"d3": 1}}})
 
 
@@ -65,7 +66,7 @@ def test_qrels_naming_a_missing_document_fail_at_prepare_time(tmp_path):
   raw = _beir(tmp_path)
   with open(raw / "qrels" / "test.tsv", "a") as f:
     f.write("q3\tnope\t1\n")
-  with pytest.raises(formats.DataError, match="nope"):
+  with pytest.raises(DataError, match="nope"):
     tfds_builders.builder("beir", raw, tmp_path / "tfds")
   b = tfds_builders.builder("beir", raw, tmp_path / "tfds2", errors="warn")  # Dropped and counted instead.
   assert tfds_builders.load(b, "test").qrels == {"q3": {"d3": 1}}
@@ -73,20 +74,20 @@ def test_qrels_naming_a_missing_document_fail_at_prepare_time(tmp_path):
 
 def test_empty_manual_dir_explains_what_to_place(tmp_path):
   (tmp_path / "raw").mkdir()
-  with pytest.raises(formats.DataError, match="missing or empty.\nPlace the dataset files"):
+  with pytest.raises(DataError, match="missing or empty.\nPlace the dataset files"):
     tfds_builders.builder("msmarco", tmp_path / "raw", tmp_path / "tfds")
   (tmp_path / "raw" / "queries.train.tsv").write_text("1\tq\n")
-  with pytest.raises(formats.DataError, match="no collection.tsv"):
+  with pytest.raises(DataError, match="no collection.tsv"):
     tfds_builders.builder("msmarco", tmp_path / "raw", tmp_path / "tfds")
   with pytest.raises(ValueError, match="unknown dataset kind"):
     tfds_builders.builder("squad", tmp_path / "raw", tmp_path / "tfds")
 
 
 def test_stdlib_benchmark_flows_from_builder_through_tfds_into_batches(tmp_path):
-  from edistill.data import pipeline, sources
+  from edistill.data import benchmarks, pipeline
   from edistill.models import tokenization
   from tests.conftest import write_wordpiece_vocab
-  raw = sources.build("stdlib", tmp_path / "stdlib", corpus_size=800, train_share=0.5)
+  raw = benchmarks.build("stdlib", tmp_path / "stdlib", corpus_size=800, train_share=0.5)
   b = tfds_builders.builder("beir", raw, tmp_path / "tfds")
   test, train = tfds_builders.load(b, "test"), tfds_builders.load(b, "train")
   assert len(test.doc_ids) == 800 and set(test.doc_ids) == set(train.doc_ids)

@@ -8,13 +8,15 @@ import numpy as np
 import optax
 import pytest
 
-from edistill import config_lib, mesh as mesh_lib, teachers
+from edistill import checkpoint, config_lib, mesh as mesh_lib, recipes, teachers
 from edistill.data import pipeline
 from edistill.models import hf_import
 from edistill.models.dual_encoder import DualEncoder, init_projection
 from edistill.models.encoder import Encoder
-from edistill.train import loop, state as state_lib
-from edistill.train.step import LossConfig, compute_loss, jit_train_step
+from edistill.objective import LossConfig, compute_loss
+from edistill.recipes import embed_distill
+from edistill.train import loop, metrics_writer, state as state_lib
+from edistill.train.step import jit_train_step
 
 ROOT = Path(__file__).resolve().parents[1]
 B, C = 8, 2  # Global batch, documents per query (positive + 1 hard negative).
@@ -183,6 +185,20 @@ def test_model_axis_shards_the_big_matrices():
     mesh_lib.make_mesh({"data": 3, "model": 4})
 
 
+def test_sharding_rules_come_from_the_config():
+  cfg = config_lib.base_config()
+  assert mesh_lib.axes(cfg.mesh) == {"data": -1, "model": 1} and mesh_lib.rules(cfg.mesh) == mesh_lib.DEFAULT_RULES
+  mesh = mesh_lib.make_mesh({"data": 2, "model": 4})
+  tree = {"tower": {"embeddings": {"word": {"embedding": np.zeros((100, 32))}}, "mlp_in": {"kernel": np.zeros((32, 64))}}}
+  cfg.mesh.rules = ((r".*/word/embedding$", 0),)  # Shard the vocabulary; the default mlp_in rule is gone.
+  sh = mesh_lib.tree_shardings(tree, mesh, mesh_lib.rules(cfg.mesh))
+  assert sh["tower"]["embeddings"]["word"]["embedding"].spec == jax.sharding.PartitionSpec("model", None)
+  assert sh["tower"]["mlp_in"]["kernel"].spec == jax.sharding.PartitionSpec()
+  cfg.mesh.rules = (("(unclosed", 0),)
+  with pytest.raises(ValueError, match=r"config.mesh.rules entry .*bad regex"):
+    config_lib.validate(cfg)
+
+
 # ------------------------------------------------------------------------------------ the loop
 def _config(tiny_models, row="qemb", steps=6, **train):
   cfg = config_lib.load_config(f"{ROOT / 'configs' / 'ablation.py'}:row={row},runlocal")
@@ -196,7 +212,7 @@ def _config(tiny_models, row="qemb", steps=6, **train):
 
 @pytest.mark.parametrize("row", ["labels", "score", "asym", "qemb", "qgen", "unlab"])
 def test_every_ablation_config_builds_and_runs_two_steps(tmp_path, tiny_models, isolated_cache, row):
-  metrics = loop.train(_config(tiny_models, row, steps=2), tmp_path)
+  metrics = recipes.train(_config(tiny_models, row, steps=2), tmp_path)
   assert np.isfinite(metrics["loss"])
   expected = {"labels": {"label"}, "score": {"label", "score"}, "asym": {"label", "score"},
               "qemb": {"label", "score", "query_emb"}, "qgen": {"label", "score", "query_emb"},
@@ -216,8 +232,8 @@ def test_bucketed_run_trains_and_its_minutes_leave_out_evaluations(tmp_path, tin
   real_batch = pipeline.Pipeline.batch
   monkeypatch.setattr(pipeline.Pipeline, "batch", lambda self, step: (
       lambda b: shapes.append(b["query_input_ids"].shape[1]) or b)(real_batch(self, step)))
-  monkeypatch.setattr(loop, "evaluate_during_training", lambda *a: time.sleep(1.5) or {"eval/x": 0.0})
-  loop.train(cfg, tmp_path)
+  slow_eval = ("eval", 1, lambda params: time.sleep(1.5) or {"x": 0.0})
+  loop.train(cfg, tmp_path, recipes.of(cfg).build, [slow_eval])
   logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   minutes = [m["train_minutes"] for m in logged if "train_minutes" in m]
   assert len(minutes) == 4 and all(np.isfinite(m["loss"]) for m in logged if "loss" in m)
@@ -231,7 +247,7 @@ def test_teacher_negatives_are_the_mined_ones_in_the_training_examples(tmp_path,
   from edistill.data import mining
   cfg = _config(tiny_models, "qemb")
   cfg.data.num_hard_negatives, cfg.data.teacher_negatives = 2, 6
-  setup = loop.build(cfg)
+  setup = recipes.build(cfg)
   ex, tables = setup.pipe.examples, setup.teacher_params
   mined = mining.teacher_negatives(tables["queries"], tables["docs"], setup.pipe.positives, 6)
   assert ex.docs.shape[1] == 3 and sum(map(len, mined.values())) > 0
@@ -246,7 +262,7 @@ def test_teacher_negatives_are_the_mined_ones_in_the_training_examples(tmp_path,
 
 def test_resume_after_kill_ends_with_the_same_parameters(tmp_path, tiny_models, isolated_cache, monkeypatch):
   cfg = _config(tiny_models, steps=6, checkpoint_every=3)
-  loop.train(cfg, tmp_path / "straight")
+  recipes.train(cfg, tmp_path / "straight")
   from edistill import checkpoint
   straight = checkpoint.Checkpointer(tmp_path / "straight" / "checkpoints")
   assert straight.all_steps() == [3, 6]
@@ -261,16 +277,16 @@ def test_resume_after_kill_ends_with_the_same_parameters(tmp_path, tiny_models, 
 
   monkeypatch.setattr(pipeline.Pipeline, "iterate", killed_after_four)
   with pytest.raises(KeyboardInterrupt):
-    loop.train(cfg, tmp_path / "killed")
+    recipes.train(cfg, tmp_path / "killed")
   monkeypatch.setattr(pipeline.Pipeline, "iterate", real_iterate)
   resumed_ckpt = checkpoint.Checkpointer(tmp_path / "killed" / "checkpoints")
   assert resumed_ckpt.all_steps() == [3]
   resumed_ckpt.close()
-  loop.train(cfg, tmp_path / "killed")  # Resumes from step 3.
+  recipes.train(cfg, tmp_path / "killed")  # Resumes from step 3.
 
   def final(workdir):
     c = checkpoint.Checkpointer(workdir / "checkpoints")
-    setup = loop.build(cfg)
+    setup = recipes.build(cfg)
     abstract = jax.eval_shape(lambda p: state_lib.create(p, setup.tx, cfg.seed), setup.init_params)
     try:
       return jax.device_get(c.restore(abstract))
@@ -286,7 +302,7 @@ def test_resume_after_kill_ends_with_the_same_parameters(tmp_path, tiny_models, 
 def test_nan_mid_training_stops_with_the_step_range_and_keeps_the_last_good_checkpoint(
     tmp_path, tiny_models, isolated_cache, monkeypatch):
   cfg = _config(tiny_models, steps=8, checkpoint_every=2, log_every=1)
-  real_jit = loop.jit_train_step
+  real_jit = embed_distill.jit_train_step
 
   def poisoned_from_step_three(*args, **kw):
     fn = real_jit(*args, **kw)
@@ -299,9 +315,9 @@ def test_nan_mid_training_stops_with_the_step_range_and_keeps_the_last_good_chec
       return fn(state, teacher_params, batch)
     return step
 
-  monkeypatch.setattr(loop, "jit_train_step", poisoned_from_step_three)
+  monkeypatch.setattr(embed_distill, "jit_train_step", poisoned_from_step_three)
   with pytest.raises(loop.NonFiniteLossError, match=r"loss is nan at a step in \(2, 3\].*Last checkpoint: 2"):
-    loop.train(cfg, tmp_path)
+    recipes.train(cfg, tmp_path)
   from edistill import checkpoint
   c = checkpoint.Checkpointer(tmp_path / "checkpoints")
   assert c.all_steps() == [2]  # The good state survives; nothing non-finite was written.
@@ -311,34 +327,34 @@ def test_nan_mid_training_stops_with_the_step_range_and_keeps_the_last_good_chec
 def test_config_json_is_written_once_training_runs_and_not_by_a_nan_first_step(
     tmp_path, tiny_models, isolated_cache, monkeypatch):
   cfg = _config(tiny_models, steps=2, log_every=1)
-  loop.train(cfg, tmp_path / "ok")
+  recipes.train(cfg, tmp_path / "ok")
   assert json.loads((tmp_path / "ok" / "config.json").read_text()) == json.loads(cfg.to_json_best_effort())
   (tmp_path / "bad").mkdir()
   (tmp_path / "bad" / "config.json").write_text("{}")
-  real_jit = loop.jit_train_step
+  real_jit = embed_distill.jit_train_step
 
   def poisoned(*args, **kw):
     fn = real_jit(*args, **kw)
     return lambda state, teacher_params, batch: fn(state, jax.tree.map(lambda t: t * jnp.nan, teacher_params), batch)
 
-  monkeypatch.setattr(loop, "jit_train_step", poisoned)
+  monkeypatch.setattr(embed_distill, "jit_train_step", poisoned)
   with pytest.raises(loop.NonFiniteLossError, match=r"loss is nan at a step in \(0, 1\]"):
-    loop.train(cfg, tmp_path / "bad")
+    recipes.train(cfg, tmp_path / "bad")
   assert (tmp_path / "bad" / "config.json").read_text() == "{}"
 
 
 def test_metrics_lines_after_the_resumed_step_are_dropped():
   lines = [json.dumps({"step": s, "loss": 1.0}) + "\n" for s in (1, 2, 3, 4)] + ['{"step": 5, "lo']
-  assert loop.lines_up_to(lines, 2) == lines[:2]
-  assert loop.lines_up_to(lines, 10) == lines[:4]  # The line cut short by a kill is dropped.
-  assert loop.lines_up_to(lines, 0) == []
+  assert metrics_writer.lines_up_to(lines, 2) == lines[:2]
+  assert metrics_writer.lines_up_to(lines, 10) == lines[:4]  # The line cut short by a kill is dropped.
+  assert metrics_writer.lines_up_to(lines, 0) == []
 
 
 def test_online_teacher_in_the_loop_matches_the_precomputed_tables(tmp_path, tiny_models, isolated_cache):
   cfg = _config(tiny_models, steps=1)
-  precomputed = loop.train(cfg, tmp_path / "pre")
+  precomputed = recipes.train(cfg, tmp_path / "pre")
   cfg.teacher.mode = "online"  # The tiny teacher shares the student's vocabulary, so this is allowed.
-  online = loop.train(cfg, tmp_path / "online")
+  online = recipes.train(cfg, tmp_path / "online")
   for k in ("loss", "score/loss", "query_emb/loss"):
     np.testing.assert_allclose(online[k], precomputed[k], rtol=1e-5, err_msg=k)
 
@@ -347,29 +363,29 @@ def test_lstsq_projection_recovers_a_linear_map():
   rng = np.random.default_rng(0)
   s = rng.normal(size=(500, 8)).astype(np.float32)
   w, b = rng.normal(size=(8, 12)), rng.normal(size=12)
-  p = loop.lstsq_projection(s, (s @ w + b).astype(np.float32), ridge=1e-9)
+  p = embed_distill.lstsq_projection(s, (s @ w + b).astype(np.float32), ridge=1e-9)
   np.testing.assert_allclose(p["kernel"], w, atol=1e-4)
   np.testing.assert_allclose(p["bias"], b, atol=1e-4)
 
 
 def test_pseudo_labels_are_the_teacher_top1_documents():
-  from edistill.data.tfds_builders import RetrievalSet
+  from edistill.data.types import RetrievalSet
   data = RetrievalSet(["d0", "d1", "d2"], ["a", "b", "c"], ["q0"], ["x"], {"q0": {"d1": 1}}, {})
   docs = np.eye(3, 4, dtype=np.float32)
   queries = np.array([[0.1, 0.2, 0.9, 0], [0.8, 0.1, 0.0, 0], [0, 0.5, 0.4, 0.3]], np.float32)
-  out, top1 = loop.pseudo_labeled(data, ["u0", "u1", "u2"], ["y", "z", "w"], queries, docs)
+  out, top1 = embed_distill.pseudo_labeled(data, ["u0", "u1", "u2"], ["y", "z", "w"], queries, docs)
   assert top1.tolist() == [2, 0, 1]
   assert out.query_ids == ["q0", "u0", "u1", "u2"] and out.query_texts == ["x", "y", "z", "w"]
   assert out.qrels == {"q0": {"d1": 1}, "u0": {"d2": 1}, "u1": {"d0": 1}, "u2": {"d1": 1}}
   with pytest.raises(ValueError, match="also labeled"):
-    loop.pseudo_labeled(data, ["q0"], ["x"], queries[:1], docs)
+    embed_distill.pseudo_labeled(data, ["q0"], ["x"], queries[:1], docs)
 
 
 def test_unlabeled_queries_join_training_with_teacher_rows(tmp_path, tiny_models, isolated_cache):
   cfg = _config(tiny_models, steps=1)
-  base = loop.build(cfg)
+  base = recipes.build(cfg)
   cfg.data.unlabeled_queries = 40
-  more = loop.build(cfg)
+  more = recipes.build(cfg)
   assert len(more.pipe.examples) == len(base.pipe.examples) + 40
   assert more.teacher_params["queries"].shape[0] == len(more.pipe.queries) == len(base.pipe.queries) + 40
   np.testing.assert_array_equal(more.teacher_params["queries"][:len(base.pipe.queries)], base.teacher_params["queries"])
@@ -377,18 +393,30 @@ def test_unlabeled_queries_join_training_with_teacher_rows(tmp_path, tiny_models
   new = more.pipe.examples.query >= len(base.pipe.queries)
   scores = more.teacher_params["queries"][more.pipe.examples.query[new]] @ more.teacher_params["docs"].T
   np.testing.assert_array_equal(more.pipe.examples.docs[new, 0], scores.argmax(1))
-  assert np.isfinite(loop.train(cfg, tmp_path)["loss"])
+  assert np.isfinite(recipes.train(cfg, tmp_path)["loss"])
 
 
 def test_precompute_fills_the_caches_that_training_then_reads(tmp_path, tiny_models, monkeypatch):
   monkeypatch.setenv("EDISTILL_CACHE", str(tmp_path / "cache"))  # Empty: this test sees every encode.
   cfg = _config(tiny_models, row="unlab", steps=1)
-  summary = loop.precompute(cfg)
+  summary = recipes.precompute(cfg)
   assert "training examples" in summary and "teacher tables queries" in summary
-  from edistill.eval import encode as encode_lib
+  from edistill.retrieval import encode as encode_lib
 
   def no_encoding(*args, **kw):
     raise AssertionError("train re-encoded something precompute should have cached")
 
   monkeypatch.setattr(encode_lib, "encode", no_encoding)
-  assert np.isfinite(loop.train(cfg, tmp_path / "work")["loss"])
+  assert np.isfinite(recipes.train(cfg, tmp_path / "work")["loss"])
+
+
+def test_init_from_takes_another_runs_params_whatever_its_optimizer(tmp_path, tiny_models, isolated_cache):
+  recipes.train(_config(tiny_models, steps=2), tmp_path / "a")
+  # Another optimizer state (pull_to_init keeps an anchor) and no update (learning rate 0): the new
+  # run's saved params are the first run's.
+  cfg = _config(tiny_models, steps=1, learning_rate=0.0, warmup_steps=0, pull_to_init=0.1,
+                init_from=str(tmp_path / "a" / "checkpoints"))
+  recipes.train(cfg, tmp_path / "b")
+  (_, a), (_, b) = (checkpoint.latest_params(tmp_path / d / "checkpoints") for d in ("a", "b"))
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

@@ -33,7 +33,7 @@ from typing import Iterator, Mapping, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from edistill.data.formats import DataError, Qrels
+from edistill.data.types import DataError, Qrels
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,7 +221,7 @@ def from_retrieval_set(data, query_tokenizer, doc_tokenizer, max_query_length: i
                        global_batch_size: int, num_hard_negatives: int = 0, seed: int = 0,
                        process_index: int = 0, process_count: int = 1, bucket_window: int = 0,
                        pad_multiple: int = 0) -> Pipeline:
-  """A training pipeline over a loaded split (``tfds_builders.RetrievalSet``).
+  """A training pipeline over a loaded split (``types.RetrievalSet``).
 
   Mined hard negatives stored with the queries (e.g. DPR's) are used first; random documents fill
   the rest. Query and document tables keep the set's order, so ``query_index``/``doc_index`` in a

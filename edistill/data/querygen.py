@@ -25,7 +25,8 @@ from typing import Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
-from edistill.data.formats import DataError, atomic_file
+from edistill.cache import atomic_file
+from edistill.data.types import DataError
 
 _SENTENCE = re.compile(r"(?<=[.!?;])\s+")
 

@@ -17,7 +17,6 @@ biencoder-nq-{train,dev}.json). Files are written as array_record and read back 
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import os
 from pathlib import Path
@@ -28,10 +27,13 @@ import tensorflow_datasets as tfds
 from absl import logging
 from tqdm.auto import tqdm
 
-from edistill.config_lib import UNLABELED_POOLS, cache_root
-from edistill.data import formats
+from edistill.cache import cache_root
+from edistill.data import benchmarks, formats, types
+from edistill.data.benchmarks import wordnet_gcide
+from edistill.data.formats import beir
+from edistill.data.types import DataError
 
-KINDS = ("beir", "msmarco", "dpr_nq")
+KINDS = tuple(formats.FORMATS)
 
 
 class Retrieval(tfds.core.GeneratorBasedBuilder):
@@ -41,10 +43,8 @@ class Retrieval(tfds.core.GeneratorBasedBuilder):
   RELEASE_NOTES = {"1.0.0": "Initial release."}
   BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=k, description=f"{k} files in the manual dir") for k in KINDS]
   errors = "raise"  # Reader policy while preparing: "raise", or "warn" (skip bad lines, count them).
-  MANUAL_DOWNLOAD_INSTRUCTIONS = """Place the dataset files in the manual dir:
-  beir:    corpus.jsonl, queries.jsonl, qrels/<split>.tsv
-  msmarco: collection.tsv, queries.train.tsv, qrels.train.tsv, queries.dev[.small].tsv, qrels.dev[.small].tsv
-  dpr_nq:  psgs_w100.tsv, biencoder-nq-train.json, biencoder-nq-dev.json"""
+  MANUAL_DOWNLOAD_INSTRUCTIONS = "Place the dataset files in the manual dir:\n" + "\n".join(
+      f"  {f.name + ':':<8} {f.files}" for f in formats.FORMATS.values())
 
   def _info(self) -> tfds.core.DatasetInfo:
     text = tfds.features.Text()
@@ -59,84 +59,15 @@ class Retrieval(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     root = Path(dl_manager.manual_dir)
-    splits = {"beir": _beir_splits, "msmarco": _msmarco_splits, "dpr_nq": _dpr_splits}[self.builder_config.name](
-        root, self.errors)
+    splits = formats.FORMATS[self.builder_config.name].splits(root, self.errors)
     if len(splits) < 2:
-      raise formats.DataError(f"{root}: found no query split for a {self.builder_config.name} dataset.\n"
+      raise DataError(f"{root}: found no query split for a {self.builder_config.name} dataset.\n"
                               f"{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
     return {name: self._generate_examples(records) for name, records in splits.items()}
 
   def _generate_examples(self, records):
     for r in records:
       yield r["id"], r
-
-
-def _doc_record(d: formats.Document) -> dict:
-  return {"id": d.doc_id, "title": d.title, "text": d.text, "relevant_ids": [], "relevant_scores": [],
-          "hard_negative_ids": []}
-
-
-def _query_records(queries: dict[str, str], qrels: formats.Qrels,
-                   hard: dict[str, list[str]] | None = None) -> Iterator[dict]:
-  for q in sorted(qrels):
-    yield {"id": q, "title": "", "text": queries[q], "relevant_ids": list(qrels[q]),
-           "relevant_scores": list(qrels[q].values()), "hard_negative_ids": (hard or {}).get(q, [])}
-
-
-def _first(root: Path, *names: str) -> Path | None:
-  """The first of ``names`` present in ``root``, plain or gzipped."""
-  return next((p for n in names for p in (root / n, root / f"{n}.gz") if p.is_file()), None)
-
-
-def _corpus(root: Path, name: str, reader, errors: str) -> tuple[set[str], Iterator[dict]]:
-  """Validates the corpus file once (ids, duplicates) and returns its ids and a record stream."""
-  path = _first(root, name)
-  if path is None:
-    raise formats.DataError(f"{root}: no {name}.")
-  doc_ids = {d.doc_id for d in reader(path, errors=errors)}
-  return doc_ids, (_doc_record(d) for d in reader(path, errors=errors, check_duplicates=False))
-
-
-def _beir_splits(root: Path, errors: str) -> dict:
-  doc_ids, records = _corpus(root, "corpus.jsonl", formats.iter_beir_corpus, errors)
-  queries = formats.read_beir_queries(_first(root, "queries.jsonl") or root / "queries.jsonl", errors=errors)
-  out = {"corpus": records}
-  for path in sorted((root / "qrels").glob("*.tsv*")):
-    split = path.name.split(".")[0]
-    qrels = formats.read_beir_qrels(path, errors=errors, doc_ids=doc_ids, query_ids=queries)
-    out[f"queries_{split}"] = _query_records(queries, qrels)
-  return out
-
-
-def _msmarco_splits(root: Path, errors: str) -> dict:
-  doc_ids, records = _corpus(root, "collection.tsv", formats.iter_msmarco_collection, errors)
-  out = {"corpus": records}
-  for split in ("train", "dev"):
-    q_path = _first(root, f"queries.{split}.tsv", f"queries.{split}.small.tsv")
-    r_path = _first(root, f"qrels.{split}.tsv", f"qrels.{split}.small.tsv")
-    if q_path and r_path:
-      queries = formats.read_msmarco_queries(q_path, errors=errors)
-      qrels = formats.read_msmarco_qrels(r_path, errors=errors, doc_ids=doc_ids, query_ids=queries)
-      out[f"queries_{split}"] = _query_records(queries, qrels)
-  return out
-
-
-def _dpr_splits(root: Path, errors: str) -> dict:
-  doc_ids, records = _corpus(root, "psgs_w100.tsv", formats.iter_dpr_passages, errors)
-  out = {"corpus": records}
-  for split in ("train", "dev"):
-    path = _first(root, f"biencoder-nq-{split}.json")
-    if path is None:
-      continue
-    queries, qrels, hard = {}, {}, {}
-    for i, ex in enumerate(formats.iter_dpr_examples(path, errors=errors)):
-      q = f"{split}-{i}"
-      queries[q] = ex.question
-      qrels[q] = {d.doc_id: 1 for d in ex.positives}
-      hard[q] = [d.doc_id for d in ex.hard_negatives]
-    qrels = formats.check_qrels(qrels, doc_ids, queries, path, errors=errors)  # Names the example's query id.
-    out[f"queries_{split}"] = _query_records(queries, qrels, hard)
-  return out
 
 
 def builder(kind: str, manual_dir: str | os.PathLike, data_dir: str | os.PathLike, errors: str = "raise") -> Retrieval:
@@ -147,22 +78,10 @@ def builder(kind: str, manual_dir: str | os.PathLike, data_dir: str | os.PathLik
   b.errors = errors
   if not b.is_prepared():
     if not Path(manual_dir).is_dir() or not any(Path(manual_dir).iterdir()):
-      raise formats.DataError(f"{manual_dir}: missing or empty.\n{Retrieval.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+      raise DataError(f"{manual_dir}: missing or empty.\n{Retrieval.MANUAL_DOWNLOAD_INSTRUCTIONS}")
     logging.info("Preparing %s from %s into %s", kind, manual_dir, data_dir)
     b.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
   return b
-
-
-@dataclasses.dataclass
-class RetrievalSet:
-  """What training/evaluation reads: documents, one split's queries and qrels, as plain Python."""
-
-  doc_ids: list[str]
-  doc_texts: list[str]
-  query_ids: list[str]
-  query_texts: list[str]
-  qrels: formats.Qrels
-  hard_negatives: dict[str, list[str]]
 
 
 def _read_all(source, desc: str, chunk: int = 65536) -> Iterator[dict]:
@@ -174,12 +93,7 @@ def _str(x) -> str:
   return x.decode("utf-8") if isinstance(x, bytes) else str(x)
 
 
-def doc_text(title: str, text: str) -> str:
-  """The text a document is encoded from: BEIR's convention, title then body."""
-  return f"{title} {text}" if title else text
-
-
-def load(b: Retrieval, split: str) -> RetrievalSet:
+def load(b: Retrieval, split: str) -> types.RetrievalSet:
   """Reads the corpus and ``queries_<split>`` of a prepared builder."""
   sources = b.as_data_source()
   name = f"queries_{split}"
@@ -189,7 +103,7 @@ def load(b: Retrieval, split: str) -> RetrievalSet:
   doc_ids, doc_texts = [], []
   for r in _read_all(sources["corpus"], "read corpus"):
     doc_ids.append(_str(r["id"]))
-    doc_texts.append(doc_text(_str(r["title"]), _str(r["text"])))
+    doc_texts.append(types.doc_text(_str(r["title"]), _str(r["text"])))
   query_ids, query_texts, qrels, hard = [], [], {}, {}
   for r in _read_all(sources[name], f"read {name}"):
     q = _str(r["id"])
@@ -198,7 +112,7 @@ def load(b: Retrieval, split: str) -> RetrievalSet:
     qrels[q] = {_str(d): int(s) for d, s in zip(r["relevant_ids"], r["relevant_scores"])}
     if len(r["hard_negative_ids"]):
       hard[q] = [_str(d) for d in r["hard_negative_ids"]]
-  return RetrievalSet(doc_ids, doc_texts, query_ids, query_texts, qrels, hard)
+  return types.RetrievalSet(doc_ids, doc_texts, query_ids, query_texts, qrels, hard)
 
 
 def prepare(source: str, path: str = "", corpus_size: int = 0, seed: int = 0, errors: str = "raise",
@@ -209,9 +123,8 @@ def prepare(source: str, path: str = "", corpus_size: int = 0, seed: int = 0, er
   cache; ``n_test`` / ``n_dev`` > 0 set its split sizes, 0 keeps the source's default for the
   corpus size) or a raw format (``beir``, ``msmarco``, ``dpr_nq``) whose files are in ``path``.
   """
-  from edistill.data import sources  # Only needed for the offline benchmarks.
   root = Path(cache) if cache else cache_root()
-  if source in sources.SOURCES:
+  if source in benchmarks.BENCHMARKS:
     raw = _offline_dir(root, source, corpus_size, seed, n_test, n_dev)
     if not (raw / "manifest.json").is_file():
       _build_offline(source, raw, corpus_size, seed, n_test, n_dev)
@@ -221,7 +134,7 @@ def prepare(source: str, path: str = "", corpus_size: int = 0, seed: int = 0, er
       raise ValueError(f"config.data.path must name the {source} files' directory.")
     key = hashlib.sha256(str(Path(path).absolute()).encode()).hexdigest()[:12]
     return builder(source, path, root / "tfds" / f"{source}-{key}", errors)
-  raise ValueError(f"config.data.source={source!r}; expected one of {sorted((*sources.SOURCES, *KINDS))}.")
+  raise ValueError(f"config.data.source={source!r}; expected one of {sorted((*benchmarks.BENCHMARKS, *KINDS))}.")
 
 
 def prepare_config(data, seed: int, cache: str | os.PathLike | None = None) -> Retrieval:
@@ -236,9 +149,8 @@ def _offline_dir(root: Path, source: str, corpus_size: int, seed: int, n_test: i
 
 
 def _build_offline(source: str, raw: Path, corpus_size: int, seed: int, n_test: int = 0, n_dev: int = 0) -> None:
-  from edistill.data import sources
-  sources.build(source, raw, seed=seed, corpus_size=corpus_size or None,  # sources.TRAIN_SHARE, as the CLI.
-                n_test=n_test or None, n_dev=n_dev or None)
+  benchmarks.build(source, raw, seed=seed, corpus_size=corpus_size or None,  # common.TRAIN_SHARE, as the CLI.
+                   n_test=n_test or None, n_dev=n_dev or None)
 
 
 def unlabeled_queries(source: str, path: str = "", corpus_size: int = 0, seed: int = 0, errors: str = "raise",
@@ -250,16 +162,15 @@ def unlabeled_queries(source: str, path: str = "", corpus_size: int = 0, seed: i
   without it an offline benchmark built with a ``corpus_size`` supplies the train queries whose
   relevant documents fell outside the subset (``unlabeled_queries.jsonl`` beside its queries), and
   for WordNet -> GCIDE ``pool="wordnet_all"`` adds every other WordNet gloss
-  (``sources.wordnet_gloss_pool``; written once as ``unlabeled_wordnet_all.jsonl`` beside it).
+  (``benchmarks.wordnet_gcide.wordnet_gloss_pool``; written once as ``unlabeled_wordnet_all.jsonl`` beside it).
   """
-  if pool not in UNLABELED_POOLS:
-    raise ValueError(f"config.data.unlabeled_pool={pool!r}; expected one of {UNLABELED_POOLS}.")
+  if pool not in benchmarks.UNLABELED_POOLS:
+    raise ValueError(f"config.data.unlabeled_pool={pool!r}; expected one of {benchmarks.UNLABELED_POOLS}.")
   if pool != "slice" and (unlabeled_path or source != "wordnet_gcide"):
     raise ValueError(f"config.data.unlabeled_pool={pool!r} needs data.source='wordnet_gcide' and no "
                      f"data.unlabeled_path (got source={source!r}, unlabeled_path={unlabeled_path!r}).")
   if not unlabeled_path:
-    from edistill.data import sources
-    if source not in sources.SOURCES or not corpus_size:
+    if source not in benchmarks.BENCHMARKS or not corpus_size:
       raise ValueError(f"config.data.unlabeled_path must name a queries file: data.source={source!r} with "
                        f"corpus_size={corpus_size} has no built-in unlabeled queries.")
     prepare(source, path, corpus_size, seed, errors, cache, n_test=n_test, n_dev=n_dev)
@@ -270,12 +181,10 @@ def unlabeled_queries(source: str, path: str = "", corpus_size: int = 0, seed: i
     if pool == "wordnet_all":
       own, unlabeled_path = unlabeled_path, raw / "unlabeled_wordnet_all.jsonl"
       if not unlabeled_path.is_file():
-        formats.write_queries(unlabeled_path, {**formats.read_beir_queries(own, errors=errors),
-                                               **sources.wordnet_gloss_pool()})
-  name = str(unlabeled_path).removesuffix(".gz")
-  if name.endswith(".jsonl"):
-    return formats.read_beir_queries(unlabeled_path, errors=errors)
-  if name.endswith(".tsv"):
-    return formats.read_msmarco_queries(unlabeled_path, errors=errors)
-  raise ValueError(f"config.data.unlabeled_path={str(unlabeled_path)!r}: expected a .jsonl (BEIR) or .tsv "
-                   f"(MS MARCO) queries file.")
+        beir.write_queries(unlabeled_path, {**beir.read_queries(own, errors=errors),
+                                            **wordnet_gcide.wordnet_gloss_pool()})
+  reader = formats.queries_reader(unlabeled_path)
+  if reader is None:
+    raise ValueError(f"config.data.unlabeled_path={str(unlabeled_path)!r}: expected a .jsonl (BEIR) or .tsv "
+                     f"(MS MARCO) queries file.")
+  return reader(unlabeled_path, errors=errors)

@@ -17,19 +17,17 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from edistill import xla_options
-from edistill.data import formats
-from edistill.eval import encode as encode_lib
-from edistill.eval import index as index_lib
+from edistill import cache, xla_options
+
+from edistill.retrieval import bm25 as bm25_lib
+from edistill.retrieval import encode as encode_lib
+from edistill.retrieval import index as index_lib
 from edistill.eval import metrics as metrics_lib
 
 METRICS = ("mrr@10", "recall@10", "recall@100", "ndcg@10")
 # Row entry {query id: reciprocal rank within the top 10} of exact search (BM25: its own ranking), which
 # ``teacher_intervals`` turns into a bootstrap interval of each model's share of the teacher's MRR@10.
 PER_QUERY = "per_query/mrr@10"
-# Runs of 2+ letters/digits, so code identifiers split at underscores ("num_items" -> "num", "items");
-# prose is unaffected. With bm25s' default \w\w+ the stdlib benchmark scores ~0.28 instead of ~0.36.
-BM25_TOKEN = r"(?u)[^\W_]{2,}"
 
 
 @dataclasses.dataclass
@@ -119,21 +117,9 @@ def query_latency_ms(model: DenseModel, texts: Sequence[str], max_length: int, r
   return 1000 * float(np.median(times))
 
 
-def bm25_topk(data, k: int = 100) -> tuple[np.ndarray, np.ndarray]:
-  """BM25 (bm25s, Lucene scoring) top-k of the split's queries: (indices [Q, k], -1 where no query
-  term matched; scores [Q, k])."""
-  import bm25s
-  retriever = bm25s.BM25()
-  retriever.index(bm25s.tokenize(data.doc_texts, token_pattern=BM25_TOKEN, show_progress=False), show_progress=False)
-  k = min(k, len(data.doc_ids))
-  tokens = bm25s.tokenize(data.query_texts, token_pattern=BM25_TOKEN, show_progress=False)
-  idx, scores = retriever.retrieve(tokens, k=k, show_progress=False)
-  return np.where(np.asarray(scores) > 0, np.asarray(idx), -1), np.asarray(scores)  # Score 0: not retrieved.
-
-
 def bm25(data, k: int = 100, metrics: Sequence[str] = METRICS) -> dict[str, Any]:
   """BM25 (bm25s, Lucene scoring, English stopwords) over the split's corpus."""
-  idx, scores = bm25_topk(data, k)
+  idx, scores = bm25_lib.topk(data, k)
   run = metrics_lib.run_from_topk(data.query_ids, data.doc_ids, idx, scores)
   return _scores(run, data.qrels, metrics)
 
@@ -191,7 +177,7 @@ def write_results(workdir: str | os.PathLike, split: str, rows: dict[str, dict[s
   if per_query:
     files.append((f"per_query_{split}.json", json.dumps(per_query, indent=1, sort_keys=True)))
   for name, text in files:
-    formats.write_text_atomic(workdir / name, text)
+    cache.write_text_atomic(workdir / name, text)
   logging.info("Results written to %s", workdir / f"results_{split}.md")
   return workdir / f"results_{split}.md"
 

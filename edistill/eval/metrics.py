@@ -42,7 +42,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from edistill.data.formats import Qrels
+from edistill.data.types import Qrels
 
 Run = dict[str, dict[str, float]]
 # (relevances of the ranked documents, the qrels' positive relevances sorted descending, k) -> value

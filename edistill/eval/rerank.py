@@ -14,20 +14,24 @@ from pathlib import Path
 import numpy as np
 from absl import logging
 
-from edistill.eval import encode as encode_lib
+from edistill.retrieval import bm25 as bm25_lib
+from edistill.retrieval import encode as encode_lib
 from edistill.eval import evaluator
-from edistill.eval import index as index_lib
+from edistill.retrieval import index as index_lib
 from edistill.eval import metrics as metrics_lib
 from edistill.models import cross_encoder as ce_lib
 from edistill.models import zoo
 
 
-def first_stage(cfg, data, k: int) -> tuple[np.ndarray, np.ndarray]:
+RERANKERS = ("student", "teacher")
+
+
+def first_stage(cfg, data, k: int, reranker: str = "student") -> tuple[np.ndarray, np.ndarray]:
   """(indices [Q, k] with -1 for no hit, scores [Q, k]) of ``cfg.cross_encoder.first_stage``."""
   k = min(k, len(data.doc_ids))
   if cfg.cross_encoder.first_stage == "bm25":
-    return evaluator.bm25_topk(data, k)
-  if cfg.teacher.kind == "cross":
+    return bm25_lib.topk(data, k)
+  if reranker == "teacher":
     raise ValueError("cross_encoder.first_stage='teacher' needs a dual-encoder cfg.teacher (teacher.kind='dual').")
   tpre = zoo.load_from_config(cfg.teacher)
   cache = Path(zoo.cache_dir()) / "embeddings"
@@ -50,28 +54,29 @@ def rerank_scores(model: ce_lib.CrossEncoder, params, tokenizer, data, idx: np.n
   return scores
 
 
-def run(cfg, workdir: str | Path, split: str | None = None, params=None) -> dict[str, dict[str, float]]:
+def run(cfg, workdir: str | Path, split: str | None = None, params=None,
+        reranker: str = "student") -> dict[str, dict[str, float]]:
   """First stage and CE re-ranking on ``split``; writes ``results_<split>.{json,md}`` in ``workdir``.
 
-  The CE is ``cfg.student`` when training one (params: ``params``, else the workdir's or
-  ``eval.checkpoint``'s latest checkpoint) or ``cfg.teacher`` with ``cross_encoder.checkpoint``.
+  The CE is ``reranker``: ``"student"``, the CE being trained (params: ``params``, else the workdir's
+  or ``eval.checkpoint``'s latest checkpoint), or ``"teacher"``, ``cfg.teacher`` with
+  ``cross_encoder.checkpoint``.
   """
   from edistill.eval.suite import load_split
-  from edistill.train import ce
   workdir, split = Path(workdir), split or cfg.eval.split
-  if cfg.student.kind == "cross":
+  if reranker == "student":
     enc_cfg, directory = cfg.student, Path(cfg.eval.checkpoint) if cfg.eval.checkpoint else workdir / "checkpoints"
-  elif cfg.teacher.kind == "cross":
+  elif reranker == "teacher":
     enc_cfg, directory = cfg.teacher, Path(cfg.cross_encoder.checkpoint)
   else:
-    raise ValueError("re-ranking evaluation needs a cross-encoder: student.kind='cross' or teacher.kind='cross'.")
+    raise ValueError(f"reranker={reranker!r}; expected one of {RERANKERS}.")
   if params is None:
-    model, pre, params = ce.restore_trained(enc_cfg, cfg.cross_encoder, directory)
+    model, pre, params = ce_lib.restore(enc_cfg, cfg.cross_encoder, directory)
   else:
-    model, pre = ce.load_model(enc_cfg, cfg.cross_encoder)
+    model, pre = ce_lib.load(enc_cfg, cfg.cross_encoder)
   data = load_split(cfg, split)
   k = cfg.cross_encoder.rerank_k
-  idx, scores = first_stage(cfg, data, max(k, cfg.eval.k))
+  idx, scores = first_stage(cfg, data, max(k, cfg.eval.k), reranker)
   rows = {"first_stage": metrics_lib.evaluate(metrics_lib.run_from_topk(data.query_ids, data.doc_ids, idx, scores),
                                               data.qrels, evaluator.METRICS)}
   top = idx[:, :k]

@@ -12,9 +12,9 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from edistill import checkpoint
-from edistill.data import formats, tfds_builders
-from edistill.eval import encode as encode_lib
+from edistill import cache, checkpoint
+from edistill.data import tfds_builders
+from edistill.retrieval import encode as encode_lib
 from edistill.eval import evaluator
 from edistill.models import zoo
 from edistill.models.dual_encoder import project
@@ -123,20 +123,20 @@ def parse_domain(spec: str) -> tuple[str, dict]:
   """A ``config.eval.domains`` entry -> (its name, the ``config.data`` fields it sets).
 
   ``"SOURCE"`` or ``"SOURCE:CORPUS_SIZE"`` is an offline benchmark (stdlib, wordnet_gcide, debian) with
-  its full test and dev pools (``sources.POOLS``: 1,000 / 500 test / dev queries for WordNet and
+  its full test and dev pools (``benchmarks.BENCHMARKS[source].pools``: 1,000 / 500 test / dev queries for WordNet and
   Debian), the shape a training run with ``data.n_test`` / ``n_dev`` at the pool sizes sees;
   ``"beir:DIR"`` is a BEIR directory (its ``qrels/test.tsv``).
   """
-  from edistill.data import sources
+  from edistill.data import benchmarks
   source, _, arg = spec.partition(":")
   if source == "beir":
     if not arg:
       raise ValueError(f"config.eval.domains entry {spec!r}: 'beir:DIR' needs the directory.")
     return f"beir-{Path(arg).name}", {"source": "beir", "path": arg, "corpus_size": 0, "n_test": 0, "n_dev": 0}
-  if source not in sources.SOURCES or (arg and not arg.isdigit()):
+  if source not in tuple(benchmarks.BENCHMARKS) or (arg and not arg.isdigit()):
     raise ValueError(f"config.eval.domains entry {spec!r}: expected SOURCE[:CORPUS_SIZE] with SOURCE one of "
-                     f"{sources.SOURCES}, or beir:DIR.")
-  test, dev = sources.POOLS[source]
+                     f"{tuple(benchmarks.BENCHMARKS)}, or beir:DIR.")
+  test, dev = benchmarks.BENCHMARKS[source].pools
   size = int(arg) if arg else 0
   return (f"{source}-{size}" if size else source), {"source": source, "path": "", "corpus_size": size,
                                                     "n_test": test, "n_dev": dev}
@@ -161,5 +161,5 @@ def run_domains(cfg, workdir: str | Path, domains=None) -> dict[str, dict[str, d
     logging.info("Cross-domain evaluation on %s", name)
     out[name] = run(dcfg, workdir, split="test", name=f"{name}_test")
   if jax.process_index() == 0:
-    formats.write_text_atomic(epath.Path(workdir) / "results_cross_domain.md", evaluator.domains_table(out, cfg.data))
+    cache.write_text_atomic(epath.Path(workdir) / "results_cross_domain.md", evaluator.domains_table(out, cfg.data))
   return out

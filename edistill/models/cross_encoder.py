@@ -31,7 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from edistill import xla_options
+from edistill import checkpoint, xla_options
+from edistill.models import zoo
 from edistill.models.encoder import Encoder, TransformerConfig, l2_normalize
 
 HEADS = ("cls", "dual")
@@ -238,3 +239,26 @@ def predict(model: CrossEncoder, params, pairs: dict[str, np.ndarray], batch_siz
     chunk = {k: np.concatenate([v, np.repeat(v[:1], pad, 0)]) for k, v in chunk.items()}
     parts.append(jax.tree.map(lambda x: np.asarray(x)[:batch_size - pad], fn(params, chunk)))
   return {k: np.concatenate([p[k] for p in parts]).astype(np.float32) for k in parts[0]} if parts else {}
+
+
+def load(enc_cfg, ce_cfg) -> tuple[CrossEncoder, Any]:
+  """The CE architecture on a packaged/local encoder (its weights initialise a new CE)."""
+  pre = zoo.load_from_config(enc_cfg)
+  model = CrossEncoder(pre.config, ce_cfg.head, ce_cfg.normalize, jnp.dtype(enc_cfg.dtype))
+  return model, pre
+
+
+def encoder_params(pre) -> dict:
+  return {k: v for k, v in pre.params.items() if k != "projection"}  # A sentence-embedding head is unused.
+
+
+def restore(enc_cfg, ce_cfg, directory) -> tuple[CrossEncoder, Any, dict]:
+  """A trained CE: its architecture from ``enc_cfg``/``ce_cfg``, its params from a checkpoint directory."""
+  model, pre = load(enc_cfg, ce_cfg)
+  _, params = checkpoint.latest_params(directory, " of a trained cross-encoder (cross_encoder.checkpoint)")
+  expected = init_params(model, encoder_params(pre))
+  if jax.tree.structure(params) != jax.tree.structure(expected) or any(
+      np.shape(a) != np.shape(b) for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(expected))):
+    raise ValueError(f"{directory}: the checkpoint is not a {ce_cfg.head!r}-head cross-encoder on {enc_cfg.name} with "
+                     f"num_layers={enc_cfg.num_layers}; check cross_encoder.head and the encoder settings.")
+  return model, pre, params

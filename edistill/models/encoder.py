@@ -21,9 +21,9 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-ARCHITECTURES = ("bert", "mpnet")
+from edistill.models import arch as arch_lib
+
 POOLINGS = ("mean", "cls")
 
 
@@ -47,8 +47,7 @@ class TransformerConfig:
   attention_dropout: float = 0.1
 
   def __post_init__(self):
-    if self.arch not in ARCHITECTURES:
-      raise ValueError(f"Unknown encoder architecture {self.arch!r}; expected one of {ARCHITECTURES}.")
+    arch_lib.get(self.arch)  # Raises naming the known families.
     if self.hidden_size % self.num_heads:
       raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}.")
     if self.hidden_act not in _ACTIVATIONS:
@@ -85,32 +84,6 @@ _ACTIVATIONS = {
     "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True),
     "relu": jax.nn.relu,
 }
-
-
-def relative_position_buckets(length: int, num_buckets: int = 32, max_distance: int = 128) -> np.ndarray:
-  """MPNet's bidirectional relative-position buckets, int32 ``[length, length]``.
-
-  Computed in NumPy at trace time (``length`` is static), with float32 logs as in the PyTorch
-  reference so bucket boundaries agree exactly.
-  """
-  pos = np.arange(length, dtype=np.int64)
-  n = -(pos[None, :] - pos[:, None])  # -(memory - context)
-  half = num_buckets // 2
-  ret = (n < 0).astype(np.int64) * half
-  n = np.abs(n)
-  max_exact = half // 2
-  with np.errstate(divide="ignore"):
-    scaled = (np.log(n.astype(np.float32) / np.float32(max_exact))
-              / np.float32(math.log(max_distance / max_exact)) * np.float32(half - max_exact))
-  large = max_exact + np.where(n < max_exact, 0, scaled).astype(np.int64)
-  large = np.minimum(large, half - 1)
-  return (ret + np.where(n < max_exact, n, large)).astype(np.int32)
-
-
-def mpnet_position_ids(input_ids: jax.Array, pad_token_id: int) -> jax.Array:
-  """Positions ``pad+1, pad+2, ...`` for real tokens and ``pad`` for padding (fairseq convention)."""
-  not_pad = (input_ids != pad_token_id).astype(jnp.int32)
-  return jnp.cumsum(not_pad, axis=1) * not_pad + pad_token_id
 
 
 class _LayerNorm(nn.Module):
@@ -267,10 +240,12 @@ class Embeddings(nn.Module):
     embed = functools.partial(_Embedding, features=cfg.hidden_size, dtype=self.dtype)
     x = embed(cfg.vocab_size, name="word")(input_ids)
     position = embed(cfg.max_position_embeddings, name="position")
-    if cfg.arch == "mpnet":
-      x = x + position(mpnet_position_ids(input_ids, cfg.pad_token_id))
+    family = arch_lib.get(cfg.arch)
+    if family.position_ids is not None:
+      x = x + position(family.position_ids(input_ids, cfg.pad_token_id))
     else:  # Positions 0..L-1: a static slice of the table, not a gather.
       x = x + position.table()[None, :input_ids.shape[1]].astype(self.dtype)
+    if family.token_types:
       token_type = embed(cfg.type_vocab_size, name="token_type")
       if token_type_ids is None:
         x = x + token_type.table()[0].astype(self.dtype)
@@ -320,6 +295,11 @@ class Encoder(nn.Module):
   remat: bool = False
   normalize_first: bool = False
 
+  @property
+  def output_dim(self) -> int:
+    """D of the ``[B, D]`` sentence embeddings: the projection's width, else the hidden size."""
+    return self.projection_dim or self.config.hidden_size
+
   def setup(self):
     if self.pooling not in POOLINGS:
       raise ValueError(f"Unknown pooling {self.pooling!r}; expected one of {POOLINGS}.")
@@ -328,7 +308,7 @@ class Encoder(nn.Module):
     # static_argnums counts self: (self, x, key_bias, position_bias, deterministic).
     layer = nn.remat(TransformerLayer, static_argnums=(4,)) if self.remat else TransformerLayer
     self.layers = [layer(cfg, self.dtype, name=f"layer_{i}") for i in range(cfg.num_layers)]
-    if cfg.arch == "mpnet":
+    if arch_lib.get(cfg.arch).relative_buckets is not None:
       self.rel_bias = nn.Embed(cfg.relative_attention_num_buckets, cfg.num_heads, name="rel_bias")
     if self.projection_dim:
       self.projection = nn.Dense(self.projection_dim, dtype=jnp.float32, name="projection")
@@ -340,8 +320,9 @@ class Encoder(nn.Module):
     # Additive key mask [B, L]: large negative on padding, as HF's finfo.min.
     key_bias = jnp.where(attention_mask > 0, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
     position_bias = None
-    if cfg.arch == "mpnet":
-      buckets = relative_position_buckets(input_ids.shape[1], cfg.relative_attention_num_buckets)
+    relative_buckets = arch_lib.get(cfg.arch).relative_buckets
+    if relative_buckets is not None:
+      buckets = relative_buckets(input_ids.shape[1], cfg.relative_attention_num_buckets)
       position_bias = jnp.transpose(self.rel_bias(buckets), (2, 0, 1))[None].astype(jnp.float32)
     for layer in self.layers:
       x = layer(x, key_bias, position_bias, deterministic)

@@ -23,11 +23,11 @@ import numpy as np
 import safetensors.numpy
 from flax import traverse_util
 
+from edistill.models import arch as arch_lib
 from edistill.models.encoder import Encoder, TransformerConfig
 
 Params = dict[str, Any]
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
-_HF_ARCH = {"bert": "BertModel", "mpnet": "MPNetModel"}
 
 
 class CheckpointError(ValueError):
@@ -56,12 +56,13 @@ def read_config(ckpt_dir: str | Path) -> TransformerConfig:
   except json.JSONDecodeError as e:
     raise CheckpointError(f"{path}: invalid JSON ({e}).") from e
   arch = raw.get("model_type")
-  if arch not in _HF_ARCH:
+  if arch not in arch_lib.ARCHS:
     raise CheckpointError(f"{path}: model_type {arch!r} is not supported; edistill encoders cover "
-                          f"{sorted(_HF_ARCH)} (BERT family incl. MiniLM, and MPNet).")
-  if arch == "bert" and raw.get("position_embedding_type", "absolute") != "absolute":
-    raise CheckpointError(f"{path}: position_embedding_type {raw['position_embedding_type']!r} "
-                          "is not supported (only 'absolute').")
+                          f"{sorted(arch_lib.ARCHS)} (BERT family incl. MiniLM, and MPNet).")
+  try:
+    family = arch_lib.ARCHS[arch].from_hf(raw)
+  except ValueError as e:
+    raise CheckpointError(f"{path}: {e}") from e
   try:
     return TransformerConfig(
         arch=arch,
@@ -73,11 +74,10 @@ def read_config(ckpt_dir: str | Path) -> TransformerConfig:
         max_position_embeddings=raw["max_position_embeddings"],
         layer_norm_eps=raw.get("layer_norm_eps", 1e-12),
         hidden_act=raw.get("hidden_act", "gelu"),
-        type_vocab_size=raw.get("type_vocab_size", 2) if arch == "bert" else 0,
-        pad_token_id=raw.get("pad_token_id", 0 if arch == "bert" else 1),
         relative_attention_num_buckets=raw.get("relative_attention_num_buckets", 32),
         hidden_dropout=raw.get("hidden_dropout_prob", 0.1),
         attention_dropout=raw.get("attention_probs_dropout_prob", 0.1),
+        **family,
     )
   except KeyError as e:
     raise CheckpointError(f"{path}: missing required field {e.args[0]!r}.") from e
@@ -87,7 +87,7 @@ def read_config(ckpt_dir: str | Path) -> TransformerConfig:
 
 def config_to_hf(cfg: TransformerConfig) -> dict[str, Any]:
   out = {
-      "architectures": [_HF_ARCH[cfg.arch]],
+      "architectures": [arch_lib.get(cfg.arch).hf_class],
       "model_type": cfg.arch,
       "vocab_size": cfg.vocab_size,
       "hidden_size": cfg.hidden_size,
@@ -101,10 +101,7 @@ def config_to_hf(cfg: TransformerConfig) -> dict[str, Any]:
       "hidden_dropout_prob": cfg.hidden_dropout,
       "attention_probs_dropout_prob": cfg.attention_dropout,
   }
-  if cfg.arch == "bert":
-    out.update(type_vocab_size=cfg.type_vocab_size, position_embedding_type="absolute")
-  else:
-    out.update(relative_attention_num_buckets=cfg.relative_attention_num_buckets)
+  out.update(arch_lib.get(cfg.arch).to_hf(cfg))
   return out
 
 
@@ -169,26 +166,22 @@ def _norm(prefix, hf):
 
 def tensor_map(cfg: TransformerConfig):
   """Yields (param path, HF tensor names, hf->ours(arrays, shape), ours->hf(array) -> arrays)."""
-  bert = cfg.arch == "bert"
+  family = arch_lib.get(cfg.arch)
   yield _plain(("embeddings", "word", "embedding"), "embeddings.word_embeddings.weight")
   yield _plain(("embeddings", "position", "embedding"), "embeddings.position_embeddings.weight")
-  if bert:
-    yield _plain(("embeddings", "token_type", "embedding"), "embeddings.token_type_embeddings.weight")
+  for path, name in family.embedding_tensors:
+    yield _plain(path, name)
   yield from _norm(("embeddings", "norm"), "embeddings.LayerNorm")
   for i in range(cfg.num_layers):
-    src, dst = f"encoder.layer.{i}", (f"layer_{i}",)
-    att = f"{src}.attention.self" if bert else f"{src}.attention.attn"
-    names = ("query", "key", "value") if bert else ("q", "k", "v")
-    yield from _fused_linear((*dst, "attention", "qkv"), tuple(f"{att}.{n}" for n in names))
-    out = f"{src}.attention.output.dense" if bert else f"{att}.o"
-    yield from _linear((*dst, "attention", "out"), out)
-    yield from _norm((*dst, "attention_norm"),
-                     f"{src}.attention.output.LayerNorm" if bert else f"{src}.attention.LayerNorm")
-    yield from _linear((*dst, "mlp_in"), f"{src}.intermediate.dense")
-    yield from _linear((*dst, "mlp_out"), f"{src}.output.dense")
-    yield from _norm((*dst, "output_norm"), f"{src}.output.LayerNorm")
-  if not bert:
-    yield _plain(("rel_bias", "embedding"), "encoder.relative_attention_bias.weight")
+    t, dst = family.layer(i), (f"layer_{i}",)
+    yield from _fused_linear((*dst, "attention", "qkv"), t.qkv)
+    yield from _linear((*dst, "attention", "out"), t.attention_out)
+    yield from _norm((*dst, "attention_norm"), t.attention_norm)
+    yield from _linear((*dst, "mlp_in"), t.mlp_in)
+    yield from _linear((*dst, "mlp_out"), t.mlp_out)
+    yield from _norm((*dst, "output_norm"), t.output_norm)
+  for path, name in family.final_tensors:
+    yield _plain(path, name)
 
 
 def _read_torch_bin(path: Path) -> dict[str, np.ndarray]:

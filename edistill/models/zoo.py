@@ -26,8 +26,7 @@ import jax.numpy as jnp
 from absl import logging
 from tqdm.auto import tqdm
 
-from edistill.config_lib import cache_root
-from edistill.data.formats import file_sha256
+from edistill.cache import cache_root, file_sha256
 from edistill.models import hf_import, tokenization
 from edistill.models.encoder import Encoder, TransformerConfig
 

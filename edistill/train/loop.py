@@ -1,4 +1,4 @@
-"""The training loop: data, teacher tables, student init, sharded state, steps, metrics, checkpoints.
+"""The training loop: runs a recipe's Setup (sharded state, steps, metrics, checkpoints, evaluations).
 
 Resumes from the workdir's latest checkpoint (same batches after resume: the pipeline order is a
 function of the step), stops on a non-finite loss without saving the bad state (the last good
@@ -10,8 +10,6 @@ stopping alone would leave the others waiting in a collective). Only process 0 w
 from __future__ import annotations
 
 import dataclasses
-import functools
-import json
 import signal
 import time
 from pathlib import Path
@@ -25,13 +23,11 @@ from jax.experimental import multihost_utils
 from etils import epath
 from tqdm.auto import tqdm
 
-from edistill import checkpoint, distributed, mesh as mesh_lib, teachers
-from edistill.data import formats, mining, pipeline, querygen, tfds_builders
-from edistill.eval import encode as encode_lib
-from edistill.models import zoo
-from edistill.models.dual_encoder import DualEncoder, init_projection
-from edistill.train import state as state_lib
-from edistill.train.step import LossConfig, jit_train_step
+from edistill import cache, checkpoint, distributed, mesh as mesh_lib, teachers
+from edistill.data import pipeline
+from edistill.models.dual_encoder import DualEncoder
+from edistill.objective import LossConfig
+from edistill.train import metrics_writer, state as state_lib
 
 
 def stop_requested(local: bool, nproc: int) -> bool:
@@ -54,68 +50,13 @@ class Preempted(Exception):
     self.signum, self.step = signum, step
 
 
-def lines_up_to(lines: list[str], step: int) -> list[str]:
-  """The ``metrics.jsonl`` lines of steps <= ``step`` (what a run resumed at ``step`` keeps): the
-  steps after it are re-run and logged again, and a line cut short by a kill is dropped."""
-  kept = []
-  for line in lines:
-    try:
-      logged = json.loads(line)["step"]
-    except (json.JSONDecodeError, KeyError, TypeError):
-      continue
-    if logged <= step:
-      kept.append(line if line.endswith("\n") else line + "\n")
-  return kept
-
-
-class MetricsWriter:
-  """TensorBoard event files + ``metrics.jsonl`` in the workdir (process 0 only).
-
-  A run resumed at ``start_step`` first drops what was logged after that step (it is logged again),
-  in both files, so each step appears once. An object-store workdir (gs://) cannot append: there
-  the jsonl file is rewritten at each write."""
-
-  def __init__(self, workdir: Path, enabled: bool = True, start_step: int = 0):
-    self.enabled = enabled
-    if enabled:
-      from tensorboardX import SummaryWriter
-      # purge_step: TensorBoard hides events at steps >= it from earlier event files.
-      self.tb = SummaryWriter(str(workdir / "tensorboard"), purge_step=start_step + 1 if start_step else None)
-      self.path, self.remote = epath.Path(workdir) / "metrics.jsonl", "://" in str(workdir)
-      old = self.path.read_text().splitlines(keepends=True) if self.path.exists() else []
-      self.lines = lines_up_to(old, start_step)
-      if self.lines != old:
-        formats.write_text_atomic(self.path, "".join(self.lines))
-      if not self.remote:
-        self.jsonl = open(self.path, "a", encoding="utf-8")
-
-  def write(self, step: int, metrics: dict[str, float]) -> None:
-    if not self.enabled:
-      return
-    for k, v in metrics.items():
-      self.tb.add_scalar(k, v, step)
-    line = json.dumps({"step": step, **metrics}) + "\n"
-    if self.remote:
-      self.lines.append(line)
-      self.path.write_text("".join(self.lines))
-    else:
-      self.jsonl.write(line)
-      self.jsonl.flush()
-
-  def close(self) -> None:
-    if self.enabled:
-      self.tb.close()
-      if not self.remote:
-        self.jsonl.close()
-
-
-def loss_config(cfg) -> LossConfig:
-  return LossConfig(**{f.name: cfg.loss[f.name] for f in dataclasses.fields(LossConfig)})
-
-
 @dataclasses.dataclass
 class Setup:
-  """Everything the loop needs, built from a config (also used by tests and benchmarks)."""
+  """Everything the loop needs, built by a recipe from a config (also used by tests and benchmarks).
+
+  jit_step(state_shardings, teacher_shardings, batch_sharding) -> the jitted step
+  ``(state, teacher_params, batch) -> (state, metrics)`` (e.g. ``train.step.jit_train_step``).
+  """
 
   pipe: pipeline.Pipeline
   student: DualEncoder
@@ -125,176 +66,8 @@ class Setup:
   tokenizer: Any
   tx: Any
   loss: LossConfig
-  jit_step: Any = None  # (state_sh, teacher_sh, batch_sh) -> step fn; None: jit_train_step (edistill/train/ce.py sets it)
+  jit_step: Any
   data: Any = None  # The RetrievalSet the pipeline was built from (unlabeled queries included), for benchmarks.
-
-
-def lstsq_projection(student: np.ndarray, teacher: np.ndarray, ridge: float = 1e-3) -> dict[str, np.ndarray]:
-  """Ridge least-squares fit of ``teacher ~ student @ kernel + bias`` ([N, Ds] -> [N, Dt]).
-
-  Starting the projection here (on the zero-shot student's embeddings of the training queries)
-  puts an asymmetric student's queries in the teacher's space from step 0, instead of spending the
-  first few hundred steps learning a random 384 x 768 map while the query tower drifts.
-  """
-  x = np.concatenate([student, np.ones((len(student), 1), student.dtype)], axis=1).astype(np.float64)
-  gram = x.T @ x + ridge * len(x) * np.eye(x.shape[1])
-  w = np.linalg.solve(gram, x.T @ teacher.astype(np.float64))
-  return {"kernel": w[:-1].astype(np.float32), "bias": w[-1].astype(np.float32)}
-
-
-def training_data(cfg):
-  """The train split, with generated queries mixed in at ``cfg.querygen.ratio``."""
-  b = tfds_builders.prepare_config(cfg.data, cfg.seed)
-  data = tfds_builders.load(b, cfg.data.split)
-  if cfg.querygen.ratio > 0:
-    queries = dict(zip(data.query_ids, data.query_texts))
-    corpus = dict(zip(data.doc_ids, data.doc_texts))
-    n_pairs = sum(1 for ds in data.qrels.values() for r in ds.values() if r > 0)
-    want = int(round(n_pairs * cfg.querygen.ratio / (1 - cfg.querygen.ratio)))
-    key = formats.content_key(method="model_free", num=want, ict=cfg.querygen.ict_fraction, seed=cfg.seed,
-                              inputs=formats.texts_fingerprint(data.query_texts + data.doc_texts))
-    gen = querygen.cached(Path(zoo.cache_dir()) / "querygen" / f"{key}.jsonl",
-                          lambda: querygen.generate_model_free(queries, data.qrels, corpus, want,
-                                                               cfg.querygen.ict_fraction, cfg.seed))
-    queries, qrels = querygen.mix(queries, data.qrels, gen, cfg.querygen.ratio, cfg.seed)
-    logging.info("Mixed %d generated queries into %d training pairs", len(queries) - len(data.query_ids), n_pairs)
-    data = dataclasses.replace(data, query_ids=list(queries), query_texts=list(queries.values()), qrels=qrels)
-  if cfg.cross_encoder.mine == "bm25" and (cfg.student.kind == "cross" or cfg.cross_encoder.checkpoint):
-    from edistill.train import ce  # Training a cross-encoder, or distilling one: BM25 hard negatives.
-    data = ce.with_mined_negatives(data, cfg.cross_encoder.mine_depth)
-  return data
-
-
-def pseudo_labeled(data, ids: list[str], texts: list[str], query_emb: np.ndarray, doc_emb: np.ndarray):
-  """``data`` plus unlabeled queries, each relevant to the teacher's top-1 document.
-
-  query_emb: [n, Dt] teacher embeddings of ``texts``; doc_emb: [Nd, Dt] of ``data``'s documents.
-  Returns (the extended RetrievalSet, the row indices of the chosen documents [n]).
-  """
-  clash = sorted(set(ids) & set(data.query_ids))
-  if clash:
-    raise ValueError(f"unlabeled query ids {clash[:5]} are also labeled training queries.")
-  top1 = np.argmax(query_emb @ doc_emb.T, axis=1) if len(ids) else np.zeros(0, np.int64)
-  qrels = {**data.qrels, **{q: {data.doc_ids[d]: 1} for q, d in zip(ids, top1)}}
-  return dataclasses.replace(data, query_ids=[*data.query_ids, *ids], query_texts=[*data.query_texts, *texts],
-                             qrels=qrels), top1
-
-
-def with_unlabeled(cfg, data, tpre, tables: dict[str, np.ndarray], multihost: bool = False):
-  """Adds ``cfg.data.unlabeled_queries`` unlabeled queries (seeded choice) with teacher pseudo-labels
-  (``multihost``: as in ``build``)."""
-  d = cfg.data
-  pool = _process0_first_if(multihost, lambda: tfds_builders.unlabeled_queries(
-      d.source, d.path, d.corpus_size, cfg.seed, d.errors, d.unlabeled_path, pool=d.unlabeled_pool,
-      n_test=d.n_test, n_dev=d.n_dev), "unlabeled")
-  pool_ids = sorted(pool)
-  pick = np.sort(np.random.default_rng([cfg.seed, 11]).permutation(len(pool_ids))[:cfg.data.unlabeled_queries])
-  ids = [pool_ids[i] for i in pick]
-  texts = [pool[q] for q in ids]
-  if len(ids) < cfg.data.unlabeled_queries:
-    logging.warning("config.data.unlabeled_queries=%d but only %d are available; using them all.",
-                    cfg.data.unlabeled_queries, len(ids))
-  emb = encode_lib.encode_pretrained(tpre, ids, texts, cfg.data.max_query_length, Path(zoo.cache_dir()) / "embeddings",
-                                     batch_size=cfg.teacher.batch_size, desc="teacher unlabeled queries",
-                                     multihost=multihost)
-  data, _ = pseudo_labeled(data, ids, texts, emb, tables["docs"])
-  logging.info("Added %d unlabeled queries (teacher top-1 pseudo-labels)", len(ids))
-  return data, {**tables, "queries": np.concatenate([tables["queries"], emb])}
-
-
-def with_teacher_negatives(data, tables: dict[str, np.ndarray], depth: int):
-  """``data`` whose training queries' hard negatives are the teacher's top ``depth`` non-positives
-  (``data/mining.py``; they replace a dataset's own for those queries). Every process mines the same."""
-  positives = pipeline.relevant_docs(data.qrels, data.query_ids, data.doc_ids)
-  mined = mining.teacher_negatives(tables["queries"], tables["docs"], positives, depth)
-  hard = {data.query_ids[q]: [data.doc_ids[d] for d in docs] for q, docs in mined.items()}
-  logging.info("Mined %d teacher hard negatives for %d queries (depth %d)", sum(map(len, hard.values())), len(hard),
-               depth)
-  return dataclasses.replace(data, hard_negatives={**data.hard_negatives, **hard})
-
-
-def _process0_first_if(multihost: bool, fn, name: str):
-  """``distributed.process0_first(fn)`` when ``multihost``, else just ``fn()``."""
-  return distributed.process0_first(fn, f"build:{name}") if multihost else fn()
-
-
-def build(cfg, process_index: int = 0, process_count: int = 1, multihost: bool = False) -> Setup:
-  """Data, student, teacher (tables precomputed once and cached) and optimizer for ``cfg``.
-
-  ``multihost``: every process calls ``build`` together. Process 0 prepares the data and models first
-  (they fill caches), then the teacher tables and lstsq student encodings are split across processes
-  (``encode_lib.encode_across_processes``). Without it, a multi-process caller must run ``build`` on
-  process 0 first (``distributed.process0_first``).
-  """
-  if "cross" in (cfg.student.kind, cfg.teacher.kind):
-    from edistill.train import ce  # Not sharded: process 0 builds first, the others reuse its caches.
-    return _process0_first_if(multihost, lambda: ce.build(cfg, process_index, process_count), "cross")
-  loss = loss_config(cfg)
-  data = _process0_first_if(multihost, lambda: training_data(cfg), "data")
-  student_pre = _process0_first_if(multihost, lambda: zoo.load_from_config(cfg.student), "student")
-  kind = cfg.student.kind
-  module = student_pre.module.clone(remat=cfg.train.remat == "layer")
-  student = DualEncoder(module, module if kind == "untied" else None, kind)
-  params = {"query_tower": student_pre.params}
-  if kind == "untied":
-    params["doc_tower"] = jax.tree.map(np.copy, student_pre.params)
-
-  teacher, teacher_params = None, None
-  if loss.needs_teacher() or kind == "asymmetric":
-    tpre = _process0_first_if(multihost, lambda: zoo.load_from_config(cfg.teacher), "teacher")
-    teacher = teachers.Teacher(tpre.module, cfg.teacher.mode)
-    if cfg.teacher.mode == "online":
-      if tpre.tokenizer.get_vocab() != student_pre.tokenizer.get_vocab():
-        raise ValueError(f"config.teacher.mode='online' needs the student's tokenizer, but {cfg.teacher.name} and "
-                         f"{cfg.student.name} tokenize differently; use mode='precomputed'.")
-      teacher_params = {"encoder": tpre.params}
-      t_dim = tpre.module.projection_dim or tpre.config.hidden_size
-    else:
-      cache = Path(zoo.cache_dir()) / "embeddings"
-      kw = dict(batch_size=cfg.teacher.batch_size, multihost=multihost)
-      tables = {
-          "queries": encode_lib.encode_pretrained(tpre, data.query_ids, data.query_texts, cfg.data.max_query_length,
-                                                  cache, desc="teacher queries", **kw),
-          "docs": encode_lib.encode_pretrained(tpre, data.doc_ids, data.doc_texts, cfg.data.max_doc_length,
-                                               cache, desc="teacher documents", **kw)}
-      if cfg.data.unlabeled_queries:
-        data, tables = with_unlabeled(cfg, data, tpre, tables, multihost)
-      if cfg.data.teacher_negatives:
-        data = with_teacher_negatives(data, tables, cfg.data.teacher_negatives)
-      teacher_params = tables
-      t_dim = tables["queries"].shape[1]
-    s_dim = student_pre.module.projection_dim or student_pre.config.hidden_size
-    rng = jax.random.key(cfg.seed + 1)
-    if (kind == "asymmetric" or loss.query_emb) and s_dim != t_dim:
-      if cfg.student.projection_init == "lstsq" and cfg.teacher.mode == "precomputed":
-        student_q = encode_lib.encode_pretrained(student_pre, data.query_ids, data.query_texts, cfg.data.max_query_length,
-                                                 Path(zoo.cache_dir()) / "embeddings", desc="student queries",
-                                                 multihost=multihost)
-        params["query_projection"] = lstsq_projection(student_q, teacher_params["queries"])
-      else:
-        params["query_projection"] = init_projection(jax.random.fold_in(rng, 0), s_dim, t_dim)
-    if loss.doc_emb and s_dim != t_dim:
-      params["doc_projection"] = init_projection(jax.random.fold_in(rng, 1), s_dim, t_dim)
-  pipe = pipeline.from_retrieval_set(
-      data, student_pre.tokenizer, student_pre.tokenizer, cfg.data.max_query_length, cfg.data.max_doc_length,
-      cfg.train.batch_size, cfg.data.num_hard_negatives, cfg.seed, process_index, process_count,
-      cfg.data.bucket_window, cfg.data.pad_multiple)
-  tc = cfg.train
-  tx = state_lib.make_optimizer(tc.learning_rate, tc.steps, tc.warmup_steps, tc.weight_decay, tc.grad_clip,
-                                tc.schedule, tuple(tc.frozen), pull=tc.pull_to_init)
-  return Setup(pipe, student, teacher, teacher_params, params, student_pre.tokenizer, tx, loss, data=data)
-
-
-def precompute(cfg) -> str:
-  """Fills every cache ``train`` reads (dataset, teacher tables, pseudo-labels, lstsq encodings) and
-  returns a one-paragraph summary; on a pod every process calls it together (encodings are split)."""
-  nproc = jax.process_count()
-  setup = build(cfg, jax.process_index(), nproc, multihost=nproc > 1)
-  tables = setup.teacher_params if isinstance(setup.teacher_params, dict) else {}
-  shapes = ", ".join(f"{k} {tuple(np.shape(v))}" for k, v in tables.items() if k in ("queries", "docs"))
-  return (f"precomputed for {cfg.data.source}: {len(setup.pipe.examples)} training examples "
-          f"({setup.pipe.steps_per_epoch} steps per epoch at batch {cfg.train.batch_size})"
-          + (f"; teacher tables {shapes}" if shapes else "") + f"; cache {zoo.cache_dir()}.")
 
 
 def _check_init_from(cfg, ckpt_dir) -> None:
@@ -305,8 +78,10 @@ def _check_init_from(cfg, ckpt_dir) -> None:
           f"config.train.init_from={cfg.train.init_from!r}: init checkpoint directory does not exist.")
 
 
-def train(cfg, workdir: str | Path) -> dict[str, float]:
-  """Runs (or resumes) training to ``cfg.train.steps``; returns the last logged metrics.
+def train(cfg, workdir: str | Path, build, evaluations=()) -> dict[str, float]:
+  """Runs (or resumes) the ``Setup`` of ``build(cfg, process_index, process_count, multihost)`` (a
+  recipe's) to ``cfg.train.steps``; returns the last logged metrics. ``evaluations``: (name,
+  every_steps, fn(params) -> {metric: value}), run on process 0 and logged as "<name>/<metric>".
 
   ``config.json`` is (re)written only once training has really started: just before the first
   metrics line or checkpoint, so a run that fails before (a missing path, a NaN first loss) leaves
@@ -316,17 +91,15 @@ def train(cfg, workdir: str | Path) -> dict[str, float]:
   workdir = epath.Path(workdir)
   pid, nproc = jax.process_index(), jax.process_count()
   _check_init_from(cfg, workdir / "checkpoints")
-  setup = build(cfg, pid, nproc, multihost=nproc > 1)  # Every process together: encodings split across them.
-  mesh = mesh_lib.make_mesh(dict(cfg.mesh))
+  setup = build(cfg, pid, nproc, nproc > 1)  # Every process together: encodings split across them.
+  mesh = mesh_lib.make_mesh(mesh_lib.axes(cfg.mesh))
   batch_sharding = mesh_lib.batch_sharding(mesh)
   distributed.check_batch_layout(batch_sharding, cfg.train.batch_size, pid, nproc)
   abstract = jax.eval_shape(lambda p: state_lib.create(p, setup.tx, cfg.seed), setup.init_params)
-  state_sh = mesh_lib.tree_shardings(abstract, mesh)
+  state_sh = mesh_lib.tree_shardings(abstract, mesh, mesh_lib.rules(cfg.mesh))
   teacher_sh = mesh_lib.replicated(mesh)
   teacher_params = jax.device_put(setup.teacher_params, teacher_sh) if setup.teacher_params is not None else None
-  make_step = setup.jit_step or functools.partial(jit_train_step, setup.student, setup.teacher, setup.loss, setup.tx,
-                                                  grad_cache_chunk=cfg.train.grad_cache_chunk)
-  step_fn = make_step(state_sh, teacher_sh, batch_sharding)
+  step_fn = setup.jit_step(state_sh, teacher_sh, batch_sharding)
 
   ckpt = checkpoint.Checkpointer(workdir / "checkpoints", cfg.train.keep_checkpoints, cfg.train.checkpoint_every)
   target = checkpoint.abstract_like(abstract, state_sh)
@@ -336,18 +109,19 @@ def train(cfg, workdir: str | Path) -> dict[str, float]:
   else:
     params = setup.init_params
     if cfg.train.init_from:
-      params = checkpoint.restore_params(cfg.train.init_from, target)
+      params = checkpoint.init_params_from(cfg.train.init_from, params, tuple(cfg.train.init_from_remap),
+                                           cfg.train.init_from_missing)
     state = jax.jit(lambda p: state_lib.create(p, setup.tx, cfg.seed), out_shardings=state_sh)(params)
 
   stop = {"signal": None}
   previous = signal.signal(signal.SIGTERM, lambda signum, _: stop.update(signal=signum))
   start, total = int(state.step), cfg.train.steps
-  writer = MetricsWriter(workdir, enabled=pid == 0, start_step=start)
+  writer = metrics_writer.MetricsWriter(workdir, enabled=pid == 0, start_step=start)
   recorded = {"config": pid != 0}
 
   def record() -> None:  # config.json, the record of what trained the workdir: before its first line or checkpoint.
     if not recorded["config"]:
-      formats.write_text_atomic(workdir / "config.json", cfg.to_json_best_effort(indent=2))
+      cache.write_text_atomic(workdir / "config.json", cfg.to_json_best_effort(indent=2))
       recorded["config"] = True
 
   def save(step: int) -> None:  # Never a non-finite state; config.json first.
@@ -379,9 +153,11 @@ def train(cfg, workdir: str | Path) -> dict[str, float]:
         writer.write(done, last)
         bar.set_postfix(loss=f"{last['loss']:.4f}")
       bar.update(1)
-      if cfg.eval.every_steps and done % cfg.eval.every_steps == 0 and pid == 0:
-        t_eval = time.perf_counter()
-        writer.write(done, evaluate_during_training(cfg, workdir, state))
+      due = [(name, fn) for name, every, fn in evaluations if done % every == 0] if pid == 0 else []
+      if due:
+        t_eval, params = time.perf_counter(), jax.device_get(state.params)
+        for name, fn in due:
+          writer.write(done, {f"{name}/{k}": v for k, v in fn(params).items()})
         eval_s += time.perf_counter() - t_eval
       if ckpt.should_save(done) and done != total:
         save(done)
@@ -401,18 +177,6 @@ def train(cfg, workdir: str | Path) -> dict[str, float]:
   if preempted is not None:
     raise preempted
   return last
-
-
-def evaluate_during_training(cfg, workdir: Path, state) -> dict[str, float]:
-  """The current student on ``cfg.eval.during_training_split`` (exact search), as "eval/<metric>"."""
-  from edistill.eval import suite
-  if cfg.student.kind == "cross":
-    from edistill.eval import rerank
-    rows = rerank.run(cfg, workdir, split=cfg.eval.during_training_split, params=jax.device_get(state.params))
-    return {f"eval/{k}": v for k, v in rows["reranked"].items()}
-  rows = suite.run(cfg, workdir, split=cfg.eval.during_training_split, student_params=jax.device_get(state.params),
-                   models=("student",), scann=False)
-  return {f"eval/{k}": v for k, v in rows["student"].items() if k not in ("params_m", "query_ms")}
 
 
 @jax.jit

@@ -30,7 +30,7 @@ from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from edistill import distributed, mesh as mesh_lib, xla_options
-from edistill.data.formats import atomic_file, content_key, texts_fingerprint
+from edistill.cache import atomic_file, content_key, texts_fingerprint
 from edistill.models import tokenization
 
 EncodeFn = Callable[[Any, np.ndarray, np.ndarray], jax.Array]  # (params, ids, mask) -> [B, D]

@@ -1,8 +1,6 @@
-"""Cross-encoder teachers: training one, and distilling one into a dual-encoder student.
-
-Both plug into the ordinary loop (``loop.train``: mesh, sharded state, checkpoints, NaN guard,
-resume) through ``loop.build``, which hands over to ``build`` here when a config names a
-cross-encoder (``configs/cross_encoder.py``, ``configs/ce_distill.py``).
+"""The cross-encoder recipes: training one (``cross_encoder``), distilling one into a dual-encoder
+student (``ce_distill``; configs/cross_encoder.py, configs/ce_distill.py). Both run in the ordinary
+loop (``train/loop.py``: mesh, sharded state, checkpoints, NaN guard, resume).
 
 Training a CE (``student.kind="cross"``): each query's candidates are its positive and either
 ``data.num_hard_negatives`` hard negatives (``cross_encoder.negatives="hard"``; mined from BM25's
@@ -14,41 +12,41 @@ query's candidate scores at ``cross_encoder.temperature``. Pairs are packed on t
 
 Distilling a CE (``teacher.kind="cross"``): the trained CE scores each training example's
 candidates (positive + hard negatives) once, cached on disk; with the dual head it also keeps the
-pooled query/document vectors of every pair. The student's step then adds, to the usual in-batch
-label loss, score distillation over each query's own candidates and (dual head) embedding matching
-of the student's query/document embeddings to the CE's pooled vectors of the same pair.
+pooled query/document vectors of every pair. The student's step is ``objective.compute_loss`` with
+a ``teachers.CrossEncoderTeacher``: the usual in-batch label loss, score distillation over each
+query's own candidates and (dual head) embedding matching of the student's query/document
+embeddings to the CE's pooled vectors of the same pair.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
-from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from edistill import checkpoint, losses
-from edistill.config_lib import cache_root
+from edistill import distributed, losses, objective, teachers
+from edistill.cache import atomic_file, cache_root, content_key, texts_fingerprint
 from edistill.data import pipeline
-from edistill.data.formats import atomic_file, content_key, texts_fingerprint
-from edistill.eval import encode as encode_lib
-from edistill.eval import evaluator
+from edistill.eval import evaluator, rerank
 from edistill.models import cross_encoder as ce_lib
-from edistill.models import zoo
-from edistill.models.dual_encoder import DualEncoder, init_projection
-from edistill.train.step import LossConfig, gradient_step
+from edistill.models.dual_encoder import init_projection
+from edistill.recipes import embed_distill, registry
+from edistill.retrieval import bm25 as bm25_lib
+from edistill.retrieval import encode as encode_lib
+from edistill.train import loop
+from edistill.train.step import gradient_step
+
 
 NEGATIVES = ("hard", "in_batch")
 
 
-# ---------------------------------------------------------------------------------------- data
 def with_mined_negatives(data, depth: int):
   """``data`` with BM25 hard negatives: each query's top ``depth`` documents (positives are dropped
   later by ``pipeline.build_examples``), replacing any the dataset carried."""
-  idx, _ = evaluator.bm25_topk(data, depth)
+  idx, _ = bm25_lib.topk(data, depth)
   hard = {q: [data.doc_ids[i] for i in row if i >= 0] for q, row in zip(data.query_ids, idx.tolist())}
   logging.info("Mined BM25 hard negatives (top %d) for %d queries", depth, len(hard))
   return dataclasses.replace(data, hard_negatives=hard)
@@ -96,7 +94,6 @@ def pair_batch(batch: dict, rows: np.ndarray, local: slice, *, base: pipeline.Pi
   return {**pairs, "positive_col": positive_col, "candidate_mask": candidate_mask}
 
 
-# ------------------------------------------------------------------------------- CE training
 def train_loss(params, batch, rng, *, model: ce_lib.CrossEncoder, temperature: float,
                deterministic: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Listwise softmax CE over each query's candidates: ``mean_i [logsumexp_k s_ik/tau - s_i,p_i/tau]``."""
@@ -113,51 +110,32 @@ def jit_step(loss_fn, tx, state_shardings, teacher_shardings, batch_sharding):
                  out_shardings=(state_shardings, None), donate_argnums=(0,))
 
 
-def load_model(enc_cfg, ce_cfg) -> tuple[ce_lib.CrossEncoder, zoo.Pretrained]:
-  """The CE architecture on a packaged/local encoder (its weights initialise a new CE)."""
-  pre = zoo.load_from_config(enc_cfg)
-  model = ce_lib.CrossEncoder(pre.config, ce_cfg.head, ce_cfg.normalize, jnp.dtype(enc_cfg.dtype))
-  return model, pre
+def _training_data(cfg):
+  """The train split (``embed_distill.training_data``), with BM25 hard negatives when ``cross_encoder.mine``."""
+  data = embed_distill.training_data(cfg)
+  if cfg.cross_encoder.mine == "bm25":
+    data = with_mined_negatives(data, cfg.cross_encoder.mine_depth)
+  return data
 
 
-def _encoder_params(pre: zoo.Pretrained) -> dict:
-  return {k: v for k, v in pre.params.items() if k != "projection"}  # A sentence-embedding head is unused.
-
-
-def build_train(cfg, process_index: int = 0, process_count: int = 1):
+def build_train(cfg, process_index: int = 0, process_count: int = 1) -> loop.Setup:
   """``loop.Setup`` for training a cross-encoder (``student.kind="cross"``)."""
-  from edistill.train import loop, state as state_lib
-  model, pre = load_model(cfg.student, cfg.cross_encoder)
+  model, pre = ce_lib.load(cfg.student, cfg.cross_encoder)
   template = ce_lib.PairTemplate.from_tokenizer(pre.tokenizer)
   bq, bd = template.budgets(cfg.data.max_query_length, cfg.data.max_doc_length)
   content = ce_lib.ContentOnly(pre.tokenizer)
-  data = loop.training_data(cfg)
+  data = _training_data(cfg)
   base = pipeline.from_retrieval_set(data, content, content, bq, bd, cfg.train.batch_size, cfg.data.num_hard_negatives,
                                      cfg.seed, process_index, process_count)
   pipe = DerivedPipeline(base, functools.partial(
       pair_batch, base=base, template=template, length=cfg.data.max_query_length + cfg.data.max_doc_length,
       negatives=cfg.cross_encoder.negatives))
-  tc = cfg.train
-  tx = state_lib.make_optimizer(tc.learning_rate, tc.steps, tc.warmup_steps, tc.weight_decay, tc.grad_clip,
-                                tc.schedule, tuple(tc.frozen), pull=tc.pull_to_init)
+  tx = embed_distill.optimizer(cfg.train)
   loss_fn = lambda p, _, batch, rng: train_loss(p, batch, rng, model=model, temperature=cfg.cross_encoder.temperature)
-  return loop.Setup(pipe, model, None, None, ce_lib.init_params(model, _encoder_params(pre)), pre.tokenizer, tx,
-                    loop.loss_config(cfg), jit_step=functools.partial(jit_step, loss_fn, tx))
+  return loop.Setup(pipe, model, None, None, ce_lib.init_params(model, ce_lib.encoder_params(pre)), pre.tokenizer, tx,
+                    objective.loss_config(cfg.loss), functools.partial(jit_step, loss_fn, tx))
 
 
-def restore_trained(enc_cfg, ce_cfg, directory: str | Path) -> tuple[ce_lib.CrossEncoder, zoo.Pretrained, dict]:
-  """A trained CE: its architecture from ``enc_cfg``/``ce_cfg``, its params from a checkpoint directory."""
-  model, pre = load_model(enc_cfg, ce_cfg)
-  _, params = checkpoint.latest_params(directory, " of a trained cross-encoder (cross_encoder.checkpoint)")
-  expected = ce_lib.init_params(model, _encoder_params(pre))
-  if jax.tree.structure(params) != jax.tree.structure(expected) or any(
-      np.shape(a) != np.shape(b) for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(expected))):
-    raise ValueError(f"{directory}: the checkpoint is not a {ce_cfg.head!r}-head cross-encoder on {enc_cfg.name} with "
-                     f"num_layers={enc_cfg.num_layers}; check cross_encoder.head and the encoder settings.")
-  return model, pre, params
-
-
-# ------------------------------------------------------------------------------ CE -> DE
 def teacher_outputs(model: ce_lib.CrossEncoder, params, tokenizer, data, examples: pipeline.Examples,
                     max_query_length: int, max_doc_length: int, batch_size: int = 64) -> dict[str, np.ndarray]:
   """The CE's outputs over every example's candidates, ``[N, C]`` scores (and ``[N, C, H]`` pooled
@@ -186,76 +164,69 @@ def teacher_outputs(model: ce_lib.CrossEncoder, params, tokenizer, data, example
   return {k: v[inverse].reshape(*examples.docs.shape, *v.shape[1:]) for k, v in out.items()}
 
 
-TEACHER_KEYS = {"scores": "teacher_scores", "query_vectors": "teacher_query_vectors",
-                "doc_vectors": "teacher_doc_vectors"}
-
-
-def distill_loss(params, batch, rng, *, student: DualEncoder, cfg: LossConfig,
-                 deterministic: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Student loss against a cross-encoder teacher, on the global batch.
-
-  With student query embeddings ``q_i``, document embeddings ``d_ic`` of query ``i``'s candidates
-  ``c`` (column 0 its positive), CE scores ``T_ic`` and (dual head) CE pooled vectors ``u_ic``/``v_ic``
-  of the pair (i, c):
-    label      in-batch one-hot CE over ``S = q d^T`` ([B, B*C], false negatives masked), ``loss.temperature``
-    score      ``score_distillation`` of ``s_ic = <q_i, d_ic>`` ([B, C]) to ``T_ic`` (tau_s, tau_t)
-    margin_mse Margin-MSE over the same [B, C] candidates
-    query_emb  ``mean_ic ||u_ic - P_q(q_i)||`` (``loss.emb_kind``)
-    doc_emb    ``mean_ic ||v_ic - P_d(d_ic)||``
-  """
-  q_rng, d_rng = jax.random.split(rng)
-  b, c, ld = batch["doc_input_ids"].shape
-  q = student.encode_queries(params, batch["query_input_ids"], batch["query_attention_mask"], deterministic, q_rng)
-  d = student.encode_docs(params, batch["doc_input_ids"].reshape(b * c, ld),
-                          batch["doc_attention_mask"].reshape(b * c, ld), deterministic, d_rng)
-  terms = {}
-  if cfg.label:
-    terms["label"] = losses.label_loss(losses.score_matrix(q, d), jnp.arange(b, dtype=jnp.int32) * c,
-                                       batch["negative_mask"], cfg.temperature)
-  d = d.reshape(b, c, -1)
-  candidates = losses.candidate_scores(q, d)
-  if cfg.score:
-    terms["score"] = losses.score_distillation(candidates, batch["teacher_scores"], None, cfg.student_temperature,
-                                               cfg.teacher_temperature, cfg.score_kind)
-  if cfg.margin_mse:
-    terms["margin_mse"] = losses.margin_mse(candidates, batch["teacher_scores"], jnp.zeros(b, jnp.int32), None)
-  if cfg.query_emb:
-    terms["query_emb"] = losses.embedding_matching(jnp.broadcast_to(q[:, None], d.shape), batch["teacher_query_vectors"],
-                                                   params.get("query_projection"), cfg.emb_kind)
-  if cfg.doc_emb:
-    terms["doc_emb"] = losses.embedding_matching(d, batch["teacher_doc_vectors"], params.get("doc_projection"),
-                                                 cfg.emb_kind)
-  return losses.total_loss(terms, cfg.weights())
-
-
-def build_distill(cfg, process_index: int = 0, process_count: int = 1):
+def build_distill(cfg, process_index: int = 0, process_count: int = 1) -> loop.Setup:
   """``loop.Setup`` for a dual-encoder student of a trained cross-encoder (``teacher.kind="cross"``)."""
-  from edistill.train import loop
-  loss = loop.loss_config(cfg)
-  student_only = cfg.copy_and_resolve_references()  # The student, its data and optimizer as usual ...
-  student_only.loss.update(score=0.0, margin_mse=0.0, query_emb=0.0, doc_emb=0.0)
-  student_only.teacher.kind = "dual"  # ... (no dual-encoder teacher is loaded: no term needs one).
-  setup = loop.build(student_only, process_index, process_count)
-  model, pre, ce_params = restore_trained(cfg.teacher, cfg.cross_encoder, cfg.cross_encoder.checkpoint)
-  base = setup.pipe
-  data = loop.training_data(cfg)
+  loss = objective.loss_config(cfg.loss)
+  data = _training_data(cfg)
+  student_pre, student, params = embed_distill.student_parts(cfg)
+  base = embed_distill.student_pipeline(cfg, data, student_pre.tokenizer, process_index, process_count)
+  tx = embed_distill.optimizer(cfg.train)
+  model, pre, ce_params = ce_lib.restore(cfg.teacher, cfg.cross_encoder, cfg.cross_encoder.checkpoint)
   outputs = teacher_outputs(model, ce_params, pre.tokenizer, data, base.examples, cfg.data.max_query_length,
                             cfg.data.max_doc_length, cfg.cross_encoder.batch_size)
-  table = {TEACHER_KEYS[k]: v for k, v in outputs.items()}
-  params = dict(setup.init_params)
-  s_dim = setup.student.query_encoder.projection_dim or setup.student.query_encoder.config.hidden_size
+  signal = {"scores": "scores", "query_vectors": "query", "doc_vectors": "doc"}  # ce_lib.predict's -> the teacher's.
+  table = {teachers.CrossEncoderTeacher.BATCH_KEYS[signal[k]]: v for k, v in outputs.items()}
+  s_dim = student.query_encoder.output_dim
   t_dim = model.config.hidden_size
   rng = jax.random.key(cfg.seed + 1)
   for term, name, i in (("query_emb", "query_projection", 0), ("doc_emb", "doc_projection", 1)):
     if getattr(loss, term) and s_dim != t_dim:
       params[name] = init_projection(jax.random.fold_in(rng, i), s_dim, t_dim)
   pipe = DerivedPipeline(base, lambda batch, rows, local: {**batch, **{k: v[rows[local]] for k, v in table.items()}})
-  loss_fn = lambda p, _, batch, rng: distill_loss(p, batch, rng, student=setup.student, cfg=loss)
-  return dataclasses.replace(setup, pipe=pipe, init_params=params, loss=loss,
-                             jit_step=functools.partial(jit_step, loss_fn, setup.tx))
+  teacher = teachers.CrossEncoderTeacher()
+  step = functools.partial(embed_distill.jit_train_step, student, teacher, loss, tx)
+  return loop.Setup(pipe, student, teacher, None, params, student_pre.tokenizer, tx, loss, step, data=data)
 
 
-def build(cfg, process_index: int = 0, process_count: int = 1) -> Any:
-  if cfg.student.kind == "cross":
-    return build_train(cfg, process_index, process_count)
-  return build_distill(cfg, process_index, process_count)
+def validate_train(cfg) -> None:
+  ce = cfg.cross_encoder
+  if ce.negatives == "hard" and cfg.data.num_hard_negatives < 1:
+    raise ValueError("config.cross_encoder.negatives='hard' needs config.data.num_hard_negatives >= 1.")
+  if ce.negatives == "in_batch" and cfg.data.num_hard_negatives:
+    raise ValueError("config.cross_encoder.negatives='in_batch' pairs each query with the batch's positives; "
+                     "set config.data.num_hard_negatives=0.")
+
+
+def validate_distill(cfg) -> None:
+  ce = cfg.cross_encoder
+  if cfg.student.kind in ("asymmetric", "cross"):
+    raise ValueError(f"config.student.kind={cfg.student.kind!r} cannot learn from a cross-encoder teacher (it has "
+                     "no document tower to share); use 'tied' or 'untied'.")
+  if not ce.checkpoint:
+    raise ValueError("config.teacher.kind='cross' needs config.cross_encoder.checkpoint (a trained CE's checkpoints).")
+  if cfg.data.num_hard_negatives < 1 and (cfg.loss.score or cfg.loss.margin_mse):
+    raise ValueError("score distillation from a cross-encoder runs over each query's candidates: set "
+                     "config.data.num_hard_negatives >= 1.")
+  if ce.head != "dual" and (cfg.loss.query_emb or cfg.loss.doc_emb):
+    raise ValueError("config.loss.query_emb/doc_emb need the dual-pooling head's vectors: "
+                     "config.cross_encoder.head='dual' (the cls head has no query/document embeddings).")
+  if "teacher" in cfg.eval.models:
+    raise ValueError("config.eval.models: a cross-encoder teacher is not a retriever; drop 'teacher' (its "
+                     "re-ranking quality: --config.student.kind=cross evaluation, edistill/eval/rerank.py).")
+
+
+def _process0_first(build: Callable) -> Callable:
+  """Not sharded: process 0 builds first, the others reuse its caches."""
+  return lambda cfg, pid=0, nproc=1, multihost=False: distributed.process0_first_if(
+      multihost, lambda: build(cfg, pid, nproc), "cross")
+
+
+def reranker_results(cfg, workdir) -> str:
+  """First stage and CE re-ranking on ``cfg.eval.split`` (``eval/rerank.py``)."""
+  return evaluator.results_table(rerank.run(cfg, workdir), teacher=None)
+
+
+registry.register(registry.Recipe("cross_encoder", _process0_first(build_train), "rerank", reranker_results,
+                                  validate_train, packs_pairs=True))
+registry.register(registry.Recipe("ce_distill", _process0_first(build_distill), "retrieval", embed_distill.results,
+                                  validate_distill, packs_pairs=True))

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from edistill.data import sources
-from edistill.data.formats import DataError
+from edistill.data import benchmarks
+from edistill.data.benchmarks import __main__ as cli
+from edistill.data.benchmarks import common, debian, stdlib, wordnet_gcide
+from edistill.data.types import DataError
 
 
 def _read_qrels(path: Path) -> dict[str, set[str]]:
@@ -24,22 +26,22 @@ def _ids(path: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def stdlib_collection() -> sources.Collection:
-  return sources.build_stdlib()
+def stdlib_collection() -> common.Collection:
+  return stdlib.build_stdlib()
 
 
 # --- stdlib (the CI fixture) ---------------------------------------------------------------------
 
 
 def test_stdlib_end_to_end(stdlib_collection, tmp_path):
-  out = sources.write_collection(stdlib_collection, tmp_path / "full", "stdlib", seed=3)
+  out = benchmarks.write_collection(stdlib_collection, tmp_path / "full", "stdlib", seed=3)
   manifest = json.loads((out / "manifest.json").read_text())
   assert manifest["counts"]["documents"] > 1000 and manifest["counts"]["queries"] > 1000
   assert manifest["python"] and manifest["options"]["seed"] == 3
   corpus = set(_ids(out / "corpus.jsonl"))
   queries = set(_ids(out / "queries.jsonl"))
   splits = {s: _read_qrels(out / "qrels" / f"{s}.tsv") for s in ("train", "dev", "test")}
-  assert (len(splits["test"]), len(splits["dev"])) == sources.POOLS["stdlib"]
+  assert (len(splits["test"]), len(splits["dev"])) == benchmarks.BENCHMARKS["stdlib"].pools
   assert not set(splits["train"]) & set(splits["test"])
   assert not set(splits["train"]) & set(splits["dev"])
   assert not set(splits["dev"]) & set(splits["test"])
@@ -55,28 +57,28 @@ def test_stdlib_document_drops_the_docstring_and_query_is_its_first_paragraph():
             '  def _private(self):\n    """Private helpers are skipped entirely."""\n    return 1\n'
             'def stub():\n  """A stub has nothing left to retrieve."""\n  ...\n'
             'def short():\n  """Too short."""\n  return 2\n')
-  (found,) = sources.functions_with_docstrings(source)
+  (found,) = stdlib.functions_with_docstrings(source)
   assert found == ("Box.weigh", "Return the weight of the box in grams.",
                    "def weigh(self, scale):\n  return scale.read(self)  # net")
 
 
 def test_stdlib_builds_are_byte_identical(stdlib_collection, tmp_path):
-  a = sources.write_collection(stdlib_collection, tmp_path / "a", "stdlib", seed=1, corpus_size=2000)
-  b = sources.write_collection(sources.build_stdlib(), tmp_path / "b", "stdlib", seed=1, corpus_size=2000)
+  a = benchmarks.write_collection(stdlib_collection, tmp_path / "a", "stdlib", seed=1, corpus_size=2000)
+  b = benchmarks.write_collection(stdlib.build_stdlib(), tmp_path / "b", "stdlib", seed=1, corpus_size=2000)
   files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
   assert len(files) == 7  # corpus, queries, unlabeled queries, 3 qrels, manifest
   for f in files:
     assert (a / f).read_bytes() == (b / f).read_bytes(), f
-  c = sources.write_collection(stdlib_collection, tmp_path / "c", "stdlib", seed=2, corpus_size=2000)
+  c = benchmarks.write_collection(stdlib_collection, tmp_path / "c", "stdlib", seed=2, corpus_size=2000)
   assert (c / "qrels/test.tsv").read_bytes() != (a / "qrels/test.tsv").read_bytes()
 
 
 def test_corpus_size_keeps_every_dev_and_test_positive(stdlib_collection, tmp_path):
-  full = sources.write_collection(stdlib_collection, tmp_path / "full", "stdlib", seed=0)
-  small = sources.write_collection(stdlib_collection, tmp_path / "small", "stdlib", seed=0, corpus_size=1000)
+  full = benchmarks.write_collection(stdlib_collection, tmp_path / "full", "stdlib", seed=0)
+  small = benchmarks.write_collection(stdlib_collection, tmp_path / "small", "stdlib", seed=0, corpus_size=1000)
   corpus = set(_ids(small / "corpus.jsonl"))
   assert len(corpus) == 1000
-  for split, n in zip(("test", "dev"), sources.default_split_sizes("stdlib", 1000)):
+  for split, n in zip(("test", "dev"), benchmarks.default_split_sizes("stdlib", 1000)):
     small_qrels, full_qrels = (_read_qrels(d / "qrels" / f"{split}.tsv") for d in (small, full))
     assert len(small_qrels) == n
     for q, ds in small_qrels.items():
@@ -95,18 +97,18 @@ def test_corpus_size_keeps_every_dev_and_test_positive(stdlib_collection, tmp_pa
 
 def test_split_and_subset_rules():
   qrels = {f"q{i}": {f"d{i}": 1} for i in range(100)}
-  splits = sources.split_queries(qrels, seed=0, n_test=5, n_dev=4, pools=(10, 10))
+  splits = common.split_queries(qrels, seed=0, n_test=5, n_dev=4, pools=(10, 10))
   assert [len(splits[s]) for s in ("train", "dev", "test")] == [80, 4, 5]
-  bigger = sources.split_queries(qrels, seed=0, n_test=10, n_dev=10, pools=(10, 10))
+  bigger = common.split_queries(qrels, seed=0, n_test=10, n_dev=10, pools=(10, 10))
   assert splits["test"] == bigger["test"][:5] and splits["dev"] == bigger["dev"][:4]
   assert splits["train"] == bigger["train"]
   docs = [f"d{i}" for i in range(100)] + [f"x{i}" for i in range(1000)]  # x*: nobody's positive.
   for share, lo, hi in ((0.5, 5, 11), (0.0, 0, 4)):
-    keep = sources.subset_corpus(docs, qrels, splits, size=20, seed=0, train_share=share)
+    keep = common.subset_corpus(docs, qrels, splits, size=20, seed=0, train_share=share)
     assert len(keep) == 20 and {f"d{q[1:]}" for q in splits["test"] + splits["dev"]} <= keep
     assert lo <= sum(f"d{q[1:]}" in keep for q in splits["train"]) <= hi  # Share of the 11 free slots.
   with pytest.raises(DataError, match="corpus_size 5 < 9 dev\\+test positives"):
-    sources.subset_corpus([f"d{i}" for i in range(100)], qrels, splits, size=5, seed=0)
+    common.subset_corpus([f"d{i}" for i in range(100)], qrels, splits, size=5, seed=0)
 
 
 # --- WordNet + GCIDE ----------------------------------------------------------------------------
@@ -166,18 +168,18 @@ def _write_gcide(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def test_dictd_numbers_are_big_endian_base64():
-  assert [sources.dictd_number(c) for c in ("A", "B", "/", "BA", "Gl8J")] == [0, 1, 63, 64, 1728265]
-  assert sources.dictd_number(_dictd(123456789)) == 123456789
+  assert [wordnet_gcide.dictd_number(c) for c in ("A", "B", "/", "BA", "Gl8J")] == [0, 1, 63, 64, 1728265]
+  assert wordnet_gcide.dictd_number(_dictd(123456789)) == 123456789
 
 
 def test_wordnet_data_lines_and_gloss_queries():
-  syns = list(sources.parse_wordnet_data(DATA_NOUN.splitlines()))
+  syns = list(wordnet_gcide.parse_wordnet_data(DATA_NOUN.splitlines()))
   assert [s.synset_id for s in syns] == ["n02084071", "n07739125", "n09213565", "n03123456", "n02121620",
                                          "n13162297"]
   assert syns[0].lemmas == ("dog", "domestic dog", "Canis familiaris")
   assert syns[4].lemmas == ("cat", "true cat")
-  assert sources.gloss_definition(syns[2].gloss) == "sloping land (especially the slope beside a body of water)"
-  queries = [sources.gloss_query(s) for s in syns]
+  assert wordnet_gcide.gloss_definition(syns[2].gloss) == "sloping land (especially the slope beside a body of water)"
+  queries = [wordnet_gcide.gloss_query(s) for s in syns]
   assert queries[0] == "a member of the genus Canis that has been domesticated by man since prehistoric times"
   assert queries[3] == "a shelter for a dog"  # "dog" is not one of kennel's lemmas.
   assert queries[4] is None  # Names its own lemma "cat".
@@ -185,7 +187,7 @@ def test_wordnet_data_lines_and_gloss_queries():
 
 
 def test_gcide_cleaning_strips_wordnet_syn_pronunciation_and_citations(tmp_path):
-  gcide = sources.read_gcide_files(*_write_gcide(tmp_path))
+  gcide = wordnet_gcide.read_gcide_files(*_write_gcide(tmp_path))
   assert set(gcide) == {"dog", "apple", "bank", "hound"}  # Kennel is WordNet 1.5 only: no document.
   head, text = gcide["dog"]
   assert head == "Dog"
@@ -198,7 +200,7 @@ def test_gcide_cleaning_strips_wordnet_syn_pronunciation_and_citations(tmp_path)
 def test_wordnet_gcide_collection(tmp_path):
   (tmp_path / "wn").mkdir()
   (tmp_path / "wn" / "data.noun").write_text(DATA_NOUN)
-  col = sources.build_wordnet_gcide_from(tmp_path / "wn", *_write_gcide(tmp_path))
+  col = wordnet_gcide.build_wordnet_gcide_from(tmp_path / "wn", *_write_gcide(tmp_path))
   assert col.corpus["gcide:apple"].text == "Apple: Apple, n. The fleshy pome of a rosaceous tree."
   assert list(col.queries) == ["n02084071", "n07739125", "n09213565"]  # Kennel: no GCIDE document.
   assert col.qrels == {"n02084071": {"gcide:dog": 1}, "n07739125": {"gcide:apple": 1},
@@ -213,7 +215,7 @@ def test_other_glosses_are_every_long_enough_gloss_outside_the_collection(tmp_pa
       "00001740 29 v 01 breathe 0 001 $ 00001740 v 0000 | draw air into, and expel out of, the lungs\n"
       "00002000 29 v 01 nap 0 000 | sleep briefly\n")
   col_queries = ["n02084071", "n07739125", "n09213565"]  # test_wordnet_gcide_collection's queries.
-  got = sources.other_glosses(tmp_path, set(col_queries), pos=("noun", "verb"))
+  got = wordnet_gcide.other_glosses(tmp_path, set(col_queries), pos=("noun", "verb"))
   # Kennel (no GCIDE entry) and cat (names its lemma) join; the three-word glosses do not.
   assert got == {"n03123456": "a shelter for a dog",
                  "n02121620": "feline mammal usually having thick soft fur; any true cat",
@@ -254,17 +256,17 @@ PACKAGES = "Package: foo\nVersion: 1\n\nPackage: foo-doc\nSource: foo (1)\nVersi
 
 
 def test_translation_parser():
-  rows = list(sources.parse_translation(TRANSLATION.splitlines(keepends=True)))
+  rows = list(debian.parse_translation(TRANSLATION.splitlines(keepends=True)))
   assert [r[0] for r in rows] == ["foo", "foo-doc", "bar", "baz", "qux"]
   assert rows[0] == ("foo", "1" * 32, "fast frobnicator for widgets",
                      "Foo frobnicates widgets at great speed and with little memory.\n"
                      "It supports both old and new widget formats.")
-  assert sources.package_sources(PACKAGES.splitlines()) == {"foo": "foo", "foo-doc": "foo", "bar": "bar"}
+  assert debian.package_sources(PACKAGES.splitlines()) == {"foo": "foo", "foo-doc": "foo", "bar": "bar"}
 
 
 def test_debian_pairs_dedupe_by_source_and_drop_ambiguous_synopses():
-  rows = sources.parse_translation(TRANSLATION.splitlines())
-  col = sources.debian_pairs(rows, sources.package_sources(PACKAGES.splitlines()))
+  rows = debian.parse_translation(TRANSLATION.splitlines())
+  col = debian.debian_pairs(rows, debian.package_sources(PACKAGES.splitlines()))
   # foo-doc folds into source foo; bar/baz share a synopsis (ambiguous); qux's description is too short.
   assert col.queries == {"q:foo": "fast frobnicator for widgets"}
   assert col.qrels == {"q:foo": {"deb:foo": 1}}
@@ -272,8 +274,8 @@ def test_debian_pairs_dedupe_by_source_and_drop_ambiguous_synopses():
 
 def test_the_cli_builds_the_same_benchmark_as_training_at_the_same_size(tmp_path, capsys):
   from edistill.data import tfds_builders
-  sources.main(["--source", "stdlib", "--out", str(tmp_path / "cli"), "--corpus-size", "800"])
+  cli.main(["--source", "stdlib", "--out", str(tmp_path / "cli"), "--corpus-size", "800"])
   tfds_builders._build_offline("stdlib", tmp_path / "main", 800, 0)
-  cli, main = (json.loads((tmp_path / d / "manifest.json").read_text()) for d in ("cli", "main"))
-  assert cli["options"]["train_share"] == sources.TRAIN_SHARE == 0.5
-  assert cli["sha256"] == main["sha256"] and cli["counts"] == main["counts"]
+  built, main = (json.loads((tmp_path / d / "manifest.json").read_text()) for d in ("cli", "main"))
+  assert built["options"]["train_share"] == common.TRAIN_SHARE == 0.5
+  assert built["sha256"] == main["sha256"] and built["counts"] == main["counts"]
