@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from flax import traverse_util
 from absl import logging
 from etils import epath
 
@@ -102,26 +103,6 @@ def latest_params(directory: str | os.PathLike, missing: str = "") -> tuple[int 
 MISSING = ("error", "init")  # config.train.init_from_missing
 
 
-def _flat(tree, prefix: str = "") -> dict[str, Any]:
-  """{"a/b/c": leaf} of a nested dict of arrays."""
-  out = {}
-  for k, v in tree.items():
-    name = f"{prefix}{k}"
-    out.update(_flat(v, name + "/") if isinstance(v, dict) else {name: v})
-  return out
-
-
-def _unflat(flat: dict[str, Any]) -> dict:
-  out: dict = {}
-  for name, v in flat.items():
-    *path, last = name.split("/")
-    node = out
-    for p in path:
-      node = node.setdefault(p, {})
-    node[last] = v
-  return out
-
-
 def init_params_from(directory: str | os.PathLike, init_params: Any, remap: Sequence[str] = (),
                      missing: str = "error") -> Any:
   """``init_params`` with every leaf another run's latest checkpoint has, taken from it (its params
@@ -139,14 +120,14 @@ def init_params_from(directory: str | os.PathLike, init_params: Any, remap: Sequ
   if not path.is_dir():
     raise CheckpointNotFoundError(f"{path}: init checkpoint directory does not exist.")
   _, saved = latest_params(path, " to initialise from (config.train.init_from)")
-  flat = _flat(jax.device_get(saved))
+  flat = traverse_util.flatten_dict(jax.device_get(saved), sep="/")
   for rule in remap:
     pattern, eq, repl = rule.partition("=")
     if not eq:
       raise ValueError(f"config.train.init_from_remap entry {rule!r}: expected 'PATTERN=REPLACEMENT'.")
     flat = {re.sub(pattern, repl, k): v for k, v in flat.items()}
   out, fresh = {}, []
-  for name, leaf in _flat(init_params).items():
+  for name, leaf in traverse_util.flatten_dict(init_params, sep="/").items():
     if name not in flat:
       if missing == "error":
         raise CheckpointNotFoundError(f"{path}: the checkpoint has no {name!r} (it has {sorted(flat)[:6]}...); "
@@ -163,4 +144,4 @@ def init_params_from(directory: str | os.PathLike, init_params: Any, remap: Sequ
   if fresh or unused:
     logging.warning("init_from %s: %d leaves freshly initialised %s; %d checkpoint leaves unused %s", path,
                     len(fresh), fresh[:4], len(unused), unused[:4])
-  return _unflat(out)
+  return traverse_util.unflatten_dict(out, sep="/")

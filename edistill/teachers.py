@@ -8,7 +8,7 @@ A teacher is never in the optimizer or the checkpoint. Inside the jitted train s
     both give the same numbers for the same inputs (tested), so the choice is only about cost; or
   CrossEncoderTeacher (layout ``per_candidate``): a trained cross-encoder's scores of each query's
     own candidates and (dual head) its pooled pair vectors, precomputed per training example and
-    carried in the batch (``recipes/embed_distill.py`` adds them).
+    carried in the batch (``recipes/cross_encoder.py`` adds them).
 ``needs`` names the signals wanted: "scores" (the teacher's scores in its layout), "query" and "doc"
 (embedding targets). See ``objective.py`` for the layouts' shapes.
 """

@@ -28,6 +28,7 @@ def test_without_evals_the_one_entry_is_what_config_eval_describes(tiny_models):
     ({"models": ("teacher", "gpt")}, r"config.evals.x.models=\('teacher', 'gpt'\): expected some of"),
     ({"models": ("bm25",), "every_steps": 2}, r"with 'student' to run during training"),
     ({"splt": "dev"}, r"config.evals.x: unknown fields \['splt'\]"),
+    ({"models": ("bm25",), "every_steps": -1}, r"config.evals.x.every_steps=-1 must be >= 0"),
 ])
 def test_a_bad_entry_names_its_key(tiny_models, spec, message):
   with pytest.raises(ValueError, match=message):

@@ -62,7 +62,7 @@ class Retrieval(tfds.core.GeneratorBasedBuilder):
     splits = formats.FORMATS[self.builder_config.name].splits(root, self.errors)
     if len(splits) < 2:
       raise DataError(f"{root}: found no query split for a {self.builder_config.name} dataset.\n"
-                              f"{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+                      f"{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
     return {name: self._generate_examples(records) for name, records in splits.items()}
 
   def _generate_examples(self, records):

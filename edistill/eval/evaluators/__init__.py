@@ -38,12 +38,12 @@ def specs(cfg, default_type: str) -> dict[str, dict]:
     spec = {"type": kind, "models": tuple(spec.get("models", (ev.trained,))), "split": spec.get("split", "dev"),
             "scann": bool(spec.get("scann", False)), "every_steps": int(spec.get("every_steps", 0)),
             "name": None if name == "eval" else f"{name}_{spec.get('split', 'dev')}"}
+    if spec["every_steps"] < 0:
+      raise ValueError(f"config.evals.{name}.every_steps={spec['every_steps']} must be >= 0 (0: not during training).")
     bad = sorted(set(spec["models"]) - set(ev.models))
     if bad or (spec["every_steps"] and ev.trained not in spec["models"]):
       raise ValueError(f"config.evals.{name}.models={spec['models']}: expected some of {ev.models}"
                        f"{', with ' + repr(ev.trained) + ' to run during training' if spec['every_steps'] else ''}.")
-    if spec["every_steps"] < 0:
-      raise ValueError(f"config.evals.{name}.every_steps={spec['every_steps']} must be >= 0 (0: not during training).")
     out[name] = spec
   return out
 
