@@ -139,8 +139,8 @@ def main(argv):
   elif config.mode == "eval":
     print(evaluate(config, workdir))
   elif config.mode == "cross_domain":
-    from edistill.eval import evaluator, suite
-    print(evaluator.domains_table(suite.run_domains(config, workdir), config.data))
+    from edistill.eval import report, suite
+    print(report.domains_table(suite.run_domains(config, workdir), config.data))
   elif config.mode == "export":
     print(run_export(config, workdir))
   elif config.mode == "precompute":
@@ -149,9 +149,9 @@ def main(argv):
 
 
 def evaluate(config, workdir: Path) -> str:
-  """The results table of ``config``'s recipe: retrieval (eval/suite.py), or re-ranking for a CE."""
+  """The results tables of ``config.evals``, or of its recipe: retrieval (eval/suite.py), re-ranking for a CE."""
   from edistill import recipes
-  return recipes.of(config).results(config, workdir)
+  return recipes.evaluate(config, workdir)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from edistill.data.types import RetrievalSet
-from edistill.eval import evaluator, suite
+from edistill.eval import evaluator, report, suite
 from edistill import recipes
 from tests.test_train import _config
 
@@ -50,7 +50,7 @@ def test_bm25_finds_the_lexical_match():
 def test_results_table_has_teacher_share_and_blank_cells():
   rows = {"teacher": {"mrr@10": 0.4, "recall@10": 0.5, "recall@100": 0.9, "ndcg@10": 0.45, "params_m": 109.5},
           "student": {"mrr@10": 0.39, "recall@10": 0.5, "recall@100": 0.8, "ndcg@10": 0.4, "query_ms": 1.5}}
-  table = evaluator.results_table(rows)
+  table = report.results_table(rows)
   assert "| student | 0.3900 | 0.5000 | 0.8000 | 0.4000 | 97.5 |  | 1.500 |" in table
   assert "| teacher | 0.4000 |" in table and "109.5M" in table
   assert "interval" not in table
@@ -58,15 +58,15 @@ def test_results_table_has_teacher_share_and_blank_cells():
 
 def test_teacher_intervals_bootstrap_the_share_of_the_teacher():
   per_query = {"teacher": {"q1": 1.0, "q2": 1.0}, "student": {"q1": 1.0, "q2": 0.0}, "bm25": {"q1": 0.5, "q2": 0.5}}
-  rows = {name: {"mrr@10": sum(v.values()) / 2, evaluator.PER_QUERY: v} for name, v in per_query.items()}
-  out, split_off = evaluator.teacher_intervals(rows)
-  assert split_off == per_query and all(evaluator.PER_QUERY not in r for r in out.values())
+  rows = {name: {"mrr@10": sum(v.values()) / 2, report.PER_QUERY: v} for name, v in per_query.items()}
+  out, split_off = report.teacher_intervals(rows)
+  assert split_off == per_query and all(report.PER_QUERY not in r for r in out.values())
   # Resamples of 2 queries give the student 0, 1/2 or 1 of the teacher (p = 1/4, 1/2, 1/4): 2.5th/97.5th
   # percentiles 0 and 100 %; BM25 is half the teacher on every query.
   assert (out["student"]["teacher_pct_lo"], out["student"]["teacher_pct_hi"]) == (0.0, 100.0)
   assert (out["bm25"]["teacher_pct_lo"], out["bm25"]["teacher_pct_hi"]) == (50.0, 50.0)
   assert "teacher_pct_lo" not in out["teacher"]
-  table = evaluator.results_table(out)
+  table = report.results_table(out)
   assert "| % teacher MRR@10 | 95 % interval |" in table
   assert "| student | 0.5000 |  |  |  | 50.0 | 0.0-100.0 |" in table and "| 50.0 | 50.0-50.0 |" in table
 

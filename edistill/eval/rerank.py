@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from absl import logging
 
+from edistill.eval import evaluator, report
+from edistill.eval import metrics as metrics_lib
 from edistill.retrieval import bm25 as bm25_lib
 from edistill.retrieval import encode as encode_lib
-from edistill.eval import evaluator
 from edistill.retrieval import index as index_lib
-from edistill.eval import metrics as metrics_lib
 from edistill.models import cross_encoder as ce_lib
 from edistill.models import zoo
 
@@ -55,7 +56,7 @@ def rerank_scores(model: ce_lib.CrossEncoder, params, tokenizer, data, idx: np.n
 
 
 def run(cfg, workdir: str | Path, split: str | None = None, params=None,
-        reranker: str = "student") -> dict[str, dict[str, float]]:
+        reranker: str = "student", metrics: Sequence[str] = report.METRICS) -> dict[str, dict[str, float]]:
   """First stage and CE re-ranking on ``split``; writes ``results_<split>.{json,md}`` in ``workdir``.
 
   The CE is ``reranker``: ``"student"``, the CE being trained (params: ``params``, else the workdir's
@@ -78,20 +79,20 @@ def run(cfg, workdir: str | Path, split: str | None = None, params=None,
   k = cfg.cross_encoder.rerank_k
   idx, scores = first_stage(cfg, data, max(k, cfg.eval.k), reranker)
   rows = {"first_stage": metrics_lib.evaluate(metrics_lib.run_from_topk(data.query_ids, data.doc_ids, idx, scores),
-                                              data.qrels, evaluator.METRICS)}
+                                              data.qrels, metrics)}
   top = idx[:, :k]
   start = time.perf_counter()
   ce_scores = rerank_scores(model, params, pre.tokenizer, data, top, cfg.data.max_query_length,
                             cfg.data.max_doc_length, cfg.cross_encoder.batch_size)
   seconds = time.perf_counter() - start
   rows["reranked"] = {**metrics_lib.evaluate(metrics_lib.run_from_topk(data.query_ids, data.doc_ids, top, ce_scores),
-                                             data.qrels, evaluator.METRICS),
+                                             data.qrels, metrics),
                       "params_m": evaluator.count_params(params) / 1e6,
                       "query_ms": 1000 * seconds / max(len(data.query_ids), 1)}
   header = (f"# {cfg.data.source} {split}: {len(data.query_ids)} queries, {len(data.doc_ids)} documents\n\n"
             f"first_stage = {cfg.cross_encoder.first_stage} (exact top {cfg.eval.k}); reranked = its top {k} "
             f"re-scored by the {cfg.cross_encoder.head!r}-head cross-encoder ({enc_cfg.name}, "
             f"{model.config.num_layers} layers); query_ms = CE time per query for {k} pairs (batched, CPU).\n\n")
-  evaluator.write_results(workdir, split, rows, header)
-  logging.info("\n%s", evaluator.results_table(rows, teacher=None))
+  report.write_results(workdir, split, rows, header, metrics=metrics)
+  logging.info("\n%s", report.results_table(rows, teacher=None, metrics=metrics))
   return rows

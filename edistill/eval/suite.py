@@ -5,7 +5,9 @@ tower (+ projection) encodes queries; its documents are the teacher's (asymmetri
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
@@ -15,11 +17,10 @@ from etils import epath
 from edistill import cache, checkpoint
 from edistill.data import tfds_builders
 from edistill.retrieval import encode as encode_lib
-from edistill.eval import evaluator
+from edistill.eval import evaluator, report
 from edistill.models import zoo
 from edistill.models.dual_encoder import project
-
-MODELS = ("teacher", "student_zero_shot", "student", "bm25")
+from edistill.registry import Registry
 
 
 def _encoder_fn(pre: zoo.Pretrained, projection=None):
@@ -61,61 +62,103 @@ def load_split(cfg, split: str):
   return tfds_builders.load(b, split)
 
 
+@dataclasses.dataclass
+class Context:
+  """What the named models of one evaluation share: its config, split data, options, and the
+  teacher's document embeddings (computed once, for the teacher's row and an asymmetric student's)."""
+
+  cfg: Any
+  workdir: epath.Path
+  data: Any
+  scann: bool
+  metrics: tuple[str, ...]
+  student_params: dict | None = None
+  cache_dir: Path = dataclasses.field(default_factory=lambda: Path(zoo.cache_dir()) / "embeddings")
+  _teacher: tuple | None = None
+
+  def teacher(self) -> tuple[zoo.Pretrained, np.ndarray]:
+    """(the teacher, its document embeddings [N, D]), cached on disk and shared with training's tables."""
+    if self._teacher is None:
+      pre = zoo.load_from_config(self.cfg.teacher)
+      docs = encode_lib.encode_pretrained(pre, self.data.doc_ids, self.data.doc_texts, self.cfg.data.max_doc_length,
+                                          self.cache_dir, desc="teacher documents")
+      self._teacher = pre, docs
+    return self._teacher
+
+  def dense_row(self, model: evaluator.DenseModel, q: np.ndarray, d: np.ndarray) -> dict[str, Any]:
+    return {**evaluator.dense_scores(q, d, self.data, self.cfg.eval.k, self.scann, metrics=self.metrics),
+            "params_m": model.num_params / 1e6,
+            "query_ms": evaluator.query_latency_ms(model, self.data.query_texts, self.cfg.data.max_query_length)}
+
+
+@dataclasses.dataclass(frozen=True)
+class NamedModel:
+  """name: a ``config.eval.models`` / ``config.evals.<entry>.models`` entry; row(ctx) -> its metrics."""
+
+  name: str
+  row: Callable[[Context], dict[str, Any]]
+
+
+MODELS = Registry("evaluated model")
+
+
+def _teacher_row(ctx: Context) -> dict[str, Any]:
+  pre, docs = ctx.teacher()
+  model = pretrained_model("teacher", pre)
+  q = encode_lib.encode(model.query_fn, model.query_params, pre.tokenizer, ctx.data.query_texts,
+                        ctx.cfg.data.max_query_length, desc="teacher queries")
+  return ctx.dense_row(model, q, docs)
+
+
+def _zero_shot_row(ctx: Context) -> dict[str, Any]:
+  model = pretrained_model("student_zero_shot", zoo.load_from_config(ctx.cfg.student))
+  q, d = evaluator.embed(model, ctx.data, ctx.cfg.data.max_query_length, ctx.cfg.data.max_doc_length, ctx.cache_dir)
+  return ctx.dense_row(model, q, d)
+
+
+def _student_row(ctx: Context) -> dict[str, Any]:
+  cfg, params = ctx.cfg, ctx.student_params
+  if params is None:
+    ckpt_dir = epath.Path(cfg.eval.checkpoint) if cfg.eval.checkpoint else ctx.workdir / "checkpoints"
+    _, params = checkpoint.latest_params(
+        ckpt_dir, " to evaluate the student from (train first, or set config.eval.checkpoint)")
+  docs = ctx.teacher()[1] if cfg.student.kind == "asymmetric" else None
+  model = student_model(cfg, zoo.load_from_config(cfg.student), params, docs)
+  q, d = evaluator.embed(model, ctx.data, cfg.data.max_query_length, cfg.data.max_doc_length, None)
+  return ctx.dense_row(model, q, d)
+
+
+def _bm25_row(ctx: Context) -> dict[str, Any]:
+  return evaluator.bm25(ctx.data, ctx.cfg.eval.k, metrics=ctx.metrics)
+
+
+for _name, _row in (("teacher", _teacher_row), ("student_zero_shot", _zero_shot_row), ("student", _student_row),
+                    ("bm25", _bm25_row)):
+  MODELS.register(NamedModel(_name, _row))
+
+
 def run(cfg, workdir: str | Path, split: str | None = None, student_params: dict | None = None,
-        models=None, scann: bool | None = None, name: str | None = None) -> dict[str, dict[str, float]]:
-  """Evaluates ``models`` (default ``cfg.eval.models``) on ``split``; writes results_<name>.{json,md}
-  (``name`` defaults to the split)."""
+        models=None, scann: bool | None = None, name: str | None = None,
+        metrics: Sequence[str] = report.METRICS) -> dict[str, dict[str, float]]:
+  """Evaluates ``models`` (default ``cfg.eval.models``, rows in ``MODELS`` order) on ``split``; writes
+  results_<name>.{json,md} (``name`` defaults to the split)."""
   workdir = epath.Path(workdir)  # Local or gs://.
   split = split or cfg.eval.split
   models = tuple(models or cfg.eval.models)
   unknown = set(models) - set(MODELS)
   if unknown:
-    raise ValueError(f"config.eval.models has unknown entries {sorted(unknown)}; expected some of {MODELS}.")
-  scann = cfg.eval.scann if scann is None else scann
-  data = load_split(cfg, split)
-  cache = Path(zoo.cache_dir()) / "embeddings"
-  lq, ld = cfg.data.max_query_length, cfg.data.max_doc_length
-  rows: dict[str, dict[str, float]] = {}
-  teacher_docs = None
-  dense: list[evaluator.DenseModel] = []
-  if "teacher" in models or ("student" in models and cfg.student.kind == "asymmetric"):
-    tpre = zoo.load_from_config(cfg.teacher)
-    teacher = pretrained_model("teacher", tpre)
-    teacher_docs = encode_lib.encode_pretrained(tpre, data.doc_ids, data.doc_texts, ld, cache,
-                                                desc="teacher documents")  # Shared with training's tables.
-    tq = encode_lib.encode(teacher.query_fn, teacher.query_params, tpre.tokenizer, data.query_texts, lq,
-                           desc="teacher queries")
-    if "teacher" in models:
-      dense.append(teacher)
-      rows["teacher"] = {**evaluator.dense_scores(tq, teacher_docs, data, cfg.eval.k, scann),
-                         "params_m": teacher.num_params / 1e6,
-                         "query_ms": evaluator.query_latency_ms(teacher, data.query_texts, lq)}
-  spre = zoo.load_from_config(cfg.student) if {"student", "student_zero_shot"} & set(models) else None
-  if "student_zero_shot" in models:
-    zs = pretrained_model("student_zero_shot", spre)
-    q, d = evaluator.embed(zs, data, lq, ld, cache)
-    rows["student_zero_shot"] = {**evaluator.dense_scores(q, d, data, cfg.eval.k, scann),
-                                 "params_m": zs.num_params / 1e6,
-                                 "query_ms": evaluator.query_latency_ms(zs, data.query_texts, lq)}
-  if "student" in models:
-    if student_params is None:
-      ckpt_dir = epath.Path(cfg.eval.checkpoint) if cfg.eval.checkpoint else workdir / "checkpoints"
-      _, student_params = checkpoint.latest_params(
-          ckpt_dir, " to evaluate the student from (train first, or set config.eval.checkpoint)")
-    st = student_model(cfg, spre, student_params, teacher_docs)
-    q, d = evaluator.embed(st, data, lq, ld, None)
-    rows["student"] = {**evaluator.dense_scores(q, d, data, cfg.eval.k, scann), "params_m": st.num_params / 1e6,
-                       "query_ms": evaluator.query_latency_ms(st, data.query_texts, lq)}
-  if "bm25" in models:
-    rows["bm25"] = evaluator.bm25(data, cfg.eval.k)
+    raise ValueError(f"config.eval.models has unknown entries {sorted(unknown)}; expected some of {tuple(MODELS)}.")
+  ctx = Context(cfg, workdir, load_split(cfg, split), cfg.eval.scann if scann is None else scann, tuple(metrics),
+                student_params)
+  rows = {m.name: m.row(ctx) for m in MODELS.values() if m.name in models}
   name = name or split
-  header = (f"# {cfg.data.source} {split}: {len(data.query_ids)} queries, {len(data.doc_ids)} documents\n\n"
-            f"Exact search{' (ScaNN rows: scann/*)' if scann else ''}; query latency = batch 1, CPU; "
+  header = (f"# {cfg.data.source} {split}: {len(ctx.data.query_ids)} queries, {len(ctx.data.doc_ids)} documents\n\n"
+            f"Exact search{' (ScaNN rows: scann/*)' if ctx.scann else ''}; query latency = batch 1, CPU; "
             f"95 % interval: paired bootstrap of % teacher MRR@10 over these queries (per_query_{name}.json).\n\n")
-  rows, per_query = evaluator.teacher_intervals(rows)
+  rows, per_query = report.teacher_intervals(rows)
   if jax.process_index() == 0:  # Only process 0 writes results (every process computes them).
-    evaluator.write_results(workdir, name, rows, header, per_query)
-  logging.info("\n%s", evaluator.results_table(rows))
+    report.write_results(workdir, name, rows, header, per_query, metrics=metrics)
+  logging.info("\n%s", report.results_table(rows, metrics=metrics))
   return rows
 
 
@@ -142,24 +185,28 @@ def parse_domain(spec: str) -> tuple[str, dict]:
                                                     "n_test": test, "n_dev": dev}
 
 
-def run_domains(cfg, workdir: str | Path, domains=None) -> dict[str, dict[str, dict[str, float]]]:
-  """Evaluates ``cfg.eval.models`` on the test split of each of ``domains`` (default
-  ``cfg.eval.domains``): results_<domain>_test.{json,md} each, and one table over all of them in
-  results_cross_domain.md. Returns {domain: rows}."""
+def run_domains(cfg, workdir: str | Path, domains=None, models=None, scann: bool | None = None,
+                metrics: Sequence[str] = report.METRICS, student_params: dict | None = None,
+                name: str = "cross_domain") -> dict[str, dict[str, dict[str, float]]]:
+  """Evaluates ``models`` (default ``cfg.eval.models``) on the test split of each of ``domains``
+  (default ``cfg.eval.domains``): results_<domain>_test.{json,md} each, and one table over all of
+  them in results_<name>.md. Returns {domain: rows}."""
   domains = tuple(domains or cfg.eval.domains)
   if not domains:
     raise ValueError("config.eval.domains is empty: name the benchmarks to evaluate on, e.g. "
                      "('wordnet_gcide:10000', 'debian:10000', 'stdlib', 'beir:/path/to/dir').")
   out = {}
   for spec in domains:
-    name, data = parse_domain(spec)
+    domain, data = parse_domain(spec)
     dcfg = cfg.copy_and_resolve_references()
     with dcfg.unlocked():
       dcfg.data.update(data)
-      dcfg.data.unlabeled_queries = 0  # Training-only fields of the trained-on domain.
+      # Training-only fields of the trained-on domain.
+      dcfg.data.unlabeled_queries, dcfg.data.unlabeled_pool, dcfg.data.unlabeled_path = 0, "slice", ""
       dcfg.querygen.ratio = 0.0
-    logging.info("Cross-domain evaluation on %s", name)
-    out[name] = run(dcfg, workdir, split="test", name=f"{name}_test")
+    logging.info("Cross-domain evaluation on %s", domain)
+    out[domain] = run(dcfg, workdir, split="test", student_params=student_params, models=models, scann=scann,
+                      name=f"{domain}_test", metrics=metrics)
   if jax.process_index() == 0:
-    cache.write_text_atomic(epath.Path(workdir) / "results_cross_domain.md", evaluator.domains_table(out, cfg.data))
+    cache.write_text_atomic(epath.Path(workdir) / f"results_{name}.md", report.domains_table(out, cfg.data))
   return out

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from edistill.models import arch as arch_lib
+from edistill.models import kernels
 
 POOLINGS = ("mean", "cls")
 
@@ -64,22 +65,8 @@ class TransformerConfig:
     return dataclasses.replace(self, num_layers=num_layers)
 
 
-def _gelu_exact(x: jax.Array) -> jax.Array:
-  """HF "gelu" (the exact erf form), ``x * Phi(x)``, ending in a select.
-
-  XLA:CPU pulls cheap elementwise producers of a matmul into its library (YNNPACK) dot fusion. A
-  plain ``x * erfc(..) / 2`` is split there: the erfc part in one loop, the bias add in another, and
-  the final products re-read by the next matmul from three [B, L, I] arrays (one a materialised
-  0.5). A select is not absorbed, so bias add + GELU become one loop and the matmul reads one
-  array: 8 % of the MiniLM forward on CPU. The select changes no value (NaN stays NaN).
-  """
-  y = jax.nn.gelu(x, approximate=False)
-  # Selecting on x, not ``_materialise(y)`` (a select on y): that one measured 11 % slower.
-  return jnp.where(jnp.isnan(x), x, y)
-
-
 _ACTIVATIONS = {
-    "gelu": _gelu_exact,
+    "gelu": lambda x: kernels.for_backend().gelu(x),  # Exact (erf) GELU, as HF's "gelu".
     "gelu_new": functools.partial(jax.nn.gelu, approximate=True),
     "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True),
     "relu": jax.nn.relu,
@@ -109,40 +96,8 @@ class _LinearParams(nn.Module):
     return kernel, self.param("bias", nn.initializers.zeros_init(), (self.features_out,))
 
 
-def _materialise(x: jax.Array) -> jax.Array:
-  """``x`` as its own buffer: a select XLA can neither fold into a dot nor absorb into a library
-  dot fusion (NaN stays NaN, so no value changes)."""
-  return jnp.where(jnp.isnan(x), x, x)
-
-
-@jax.custom_vjp
-def matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  """``x [..., in] @ kernel [in, out]``, with a backward pass laid out for XLA:CPU.
-
-  Autodiff's input gradient ``dy @ kernel.T`` reaches the dot as a transposed operand, which
-  XLA:CPU's dot library runs ~1.5x slower than a plain one; transposing the (small) kernel
-  into its own buffer first makes it a plain matmul (a MiniLM train step's gradient: 11 % faster).
-  Same values as ``x @ kernel``, forward and backward.
-  """
-  return x @ kernel
-
-
-def _matmul_fwd(x, kernel):
-  return x @ kernel, (x, kernel)
-
-
-def _matmul_bwd(res, dy):
-  x, kernel = res
-  dx = dy @ _materialise(kernel.T)
-  dkernel = x.reshape(-1, x.shape[-1]).T @ dy.reshape(-1, dy.shape[-1])
-  return dx, dkernel
-
-
-matmul.defvjp(_matmul_fwd, _matmul_bwd)
-
-
 class _Dense(nn.Module):
-  """``nn.Dense`` (same parameter names and initialisers) on ``matmul``."""
+  """``nn.Dense`` (same parameter names and initialisers) on the backend's ``kernels.matmul``."""
 
   features: int
   dtype: Any = jnp.float32
@@ -151,7 +106,7 @@ class _Dense(nn.Module):
   def __call__(self, x):
     kernel = self.param("kernel", nn.initializers.lecun_normal(), (x.shape[-1], self.features))
     bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
-    return matmul(x.astype(self.dtype), kernel.astype(self.dtype)) + bias.astype(self.dtype)
+    return kernels.for_backend().matmul(x.astype(self.dtype), kernel.astype(self.dtype)) + bias.astype(self.dtype)
 
 
 class SelfAttention(nn.Module):
@@ -170,26 +125,16 @@ class SelfAttention(nn.Module):
     cfg = self.config
     b, length, hidden = x.shape
     kernel, bias = _LinearParams(hidden, 3 * hidden, name="qkv")()
-    proj = matmul(x.astype(self.dtype), kernel.astype(self.dtype)) + bias.astype(self.dtype)
+    kern = kernels.for_backend()
+    proj = kern.matmul(x.astype(self.dtype), kernel.astype(self.dtype)) + bias.astype(self.dtype)
     # Heads-major [B, N, L, Dh] so both attention products are plain batched matmuls: XLA:CPU
     # runs them ~4x faster than the equivalent einsum over the [B, L, N, Dh] layout.
     q, k, v = proj.reshape(b, length, 3, cfg.num_heads, cfg.head_dim).transpose(2, 0, 3, 1, 4)
     # 1/sqrt(Dh) on q rides in the head-split copy XLA makes anyway (scaling the [H, 3H] kernel
     # instead costs a separate pass over the weights every call).
     q = q * jnp.asarray(1 / math.sqrt(cfg.head_dim), q.dtype)
-    # The key mask rides in the score matmul as one extra dimension (q: 1, k: bias), instead of a
-    # broadcast [B, N, L, L] add that XLA:CPU would materialise.
-    q = jnp.concatenate([q, jnp.ones((*q.shape[:-1], 1), q.dtype)], axis=-1)
-    k = jnp.concatenate([k, jnp.broadcast_to(key_bias[:, None, :, None], (*k.shape[:-1], 1)).astype(k.dtype)], axis=-1)
-    scores = jnp.matmul(q, k.swapaxes(-1, -2), preferred_element_type=jnp.float32)
-    if position_bias is not None:
-      scores = scores + position_bias
-    # softmax(s) @ v computed as (exp(s - max) @ v) / sum(exp(s - max)): the division then runs
-    # over [B, N, L, Dh] instead of [B, N, L, L] (2x faster attention on CPU, same result).
-    weights = jnp.exp(scores - jax.lax.stop_gradient(scores.max(-1, keepdims=True)))
-    denom = weights.sum(-1, keepdims=True)
-    weights = nn.Dropout(cfg.attention_dropout)(weights, deterministic=deterministic)
-    ctx = jnp.matmul(weights.astype(self.dtype), v, preferred_element_type=jnp.float32) / denom
+    dropout = functools.partial(nn.Dropout(cfg.attention_dropout), deterministic=deterministic)
+    ctx = kern.attention(q, k, v, key_bias, position_bias, dropout, self.dtype)
     ctx = ctx.astype(self.dtype).transpose(0, 2, 1, 3).reshape(b, length, hidden)
     return _Dense(hidden, self.dtype, name="out")(ctx)
 

@@ -44,6 +44,20 @@ def train(cfg, workdir) -> dict[str, float]:
   return loop.train(cfg, workdir, recipe.build, evaluators.during_training(cfg, workdir, recipe.evaluator))
 
 
+def evaluate(cfg, workdir) -> str:
+  """``--mode eval`` (and after training): every ``cfg.evals`` entry's table, or without entries the
+  recipe's own (``Recipe.results``: ``cfg.eval.models`` on ``cfg.eval.split``)."""
+  from edistill.eval import evaluators, report
+  recipe = of(cfg)
+  if not cfg.get("evals"):
+    return recipe.results(cfg, workdir)
+  out = []
+  for name, rows in evaluators.run_all(cfg, workdir, recipe.evaluator).items():
+    teacher = "teacher" if "teacher" in rows else None
+    out.append(f"## {name}\n\n" + report.results_table(rows, teacher=teacher))
+  return "\n".join(out)
+
+
 def precompute(cfg) -> str:
   """Fills every cache training reads (dataset, teacher tables, pseudo-labels, lstsq encodings) and
   returns a one-paragraph summary; on a pod every process calls it together (encodings are split)."""

@@ -30,7 +30,7 @@ from absl import logging
 from edistill import distributed, losses, objective, teachers
 from edistill.cache import atomic_file, cache_root, content_key, texts_fingerprint
 from edistill.data import pipeline
-from edistill.eval import evaluator, rerank
+from edistill.eval import report, rerank
 from edistill.models import cross_encoder as ce_lib
 from edistill.models.dual_encoder import init_projection
 from edistill.recipes import embed_distill, registry
@@ -223,7 +223,7 @@ def _process0_first(build: Callable) -> Callable:
 
 def reranker_results(cfg, workdir) -> str:
   """First stage and CE re-ranking on ``cfg.eval.split`` (``eval/rerank.py``)."""
-  return evaluator.results_table(rerank.run(cfg, workdir), teacher=None)
+  return report.results_table(rerank.run(cfg, workdir), teacher=None)
 
 
 registry.register(registry.Recipe("cross_encoder", _process0_first(build_train), "rerank", reranker_results,

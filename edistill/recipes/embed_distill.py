@@ -18,7 +18,7 @@ from absl import logging
 
 from edistill import cache, distributed, objective, teachers
 from edistill.data import mining, pipeline, querygen, tfds_builders
-from edistill.eval import evaluator, suite
+from edistill.eval import report, suite
 from edistill.models import zoo
 from edistill.models.dual_encoder import DualEncoder, init_projection
 from edistill.recipes import registry
@@ -189,7 +189,7 @@ def build(cfg, process_index: int = 0, process_count: int = 1, multihost: bool =
 
 def results(cfg, workdir) -> str:
   """The retrieval table of ``cfg.eval.models`` on ``cfg.eval.split`` (``eval/suite.py``)."""
-  return evaluator.results_table(suite.run(cfg, workdir))
+  return report.results_table(suite.run(cfg, workdir))
 
 
 registry.register(registry.Recipe("embed_distill", build, "retrieval", results))

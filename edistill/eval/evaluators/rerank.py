@@ -6,7 +6,7 @@ from edistill.eval.evaluators import registry
 
 
 def run(cfg, workdir, spec, params=None) -> dict[str, dict[str, float]]:
-  return rerank.run(cfg, workdir, split=spec["split"], params=params)
+  return rerank.run(cfg, workdir, split=spec["split"], params=params, metrics=spec["metrics"])
 
 
 registry.register(registry.Evaluator("rerank", run, trained="reranked", models=("first_stage", "reranked")))

@@ -7,7 +7,7 @@ from edistill.eval.evaluators import registry
 
 def run(cfg, workdir, spec, params=None) -> dict[str, dict[str, float]]:
   return suite.run(cfg, workdir, split=spec["split"], student_params=params, models=tuple(spec["models"]),
-                   scann=spec["scann"], name=spec.get("name"))
+                   scann=spec["scann"], name=spec.get("name"), metrics=spec["metrics"])
 
 
-registry.register(registry.Evaluator("retrieval", run, trained="student", models=suite.MODELS))
+registry.register(registry.Evaluator("retrieval", run, trained="student", models=tuple(suite.MODELS)))

@@ -1,0 +1,86 @@
+"""The encoder's CPU kernel forms compute the plain ones' function, values and gradients."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from edistill.models import encoder, kernels
+
+
+def test_each_backend_gets_its_kernels():
+  assert kernels.for_backend("cpu") is kernels.CPU
+  assert kernels.for_backend("tpu") is kernels.for_backend("gpu") is kernels.PLAIN
+  assert kernels.for_backend() is kernels.CPU  # These tests run on CPU.
+
+
+def _attention_inputs(seed=0, b=2, n=3, length=6, dh=4):
+  rng = np.random.default_rng(seed)
+  q, k, v = (rng.standard_normal((b, n, length, dh)).astype(np.float32) for _ in range(3))
+  mask = np.ones((b, length), np.float32)
+  mask[1, 4:] = 0  # Padding keys in the second row.
+  key_bias = np.where(mask > 0, 0.0, np.finfo(np.float32).min).astype(np.float32)
+  position_bias = rng.standard_normal((1, n, length, length)).astype(np.float32)
+  return q, k, v, key_bias, position_bias
+
+
+@pytest.mark.parametrize("with_position_bias", [False, True])
+def test_cpu_attention_equals_plain_softmax_attention_and_its_gradient(with_position_bias):
+  q, k, v, key_bias, pb = _attention_inputs()
+  pb = pb if with_position_bias else None
+  w = np.random.default_rng(1).standard_normal(q.shape).astype(np.float32)
+
+  def loss(kern, q, k, v):
+    return jnp.sum(w * kern.attention(q, k, v, key_bias, pb, lambda x: x, jnp.float32))
+
+  ref = kernels.PLAIN.attention(q, k, v, key_bias, pb, lambda x: x, jnp.float32)
+  # NumPy float64 reference: softmax over unmasked keys.
+  s = np.einsum("bnqd,bnkd->bnqk", q.astype(np.float64), k) + key_bias[:, None, None, :] + (0 if pb is None else pb)
+  p = np.exp(s - s.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  np.testing.assert_allclose(np.asarray(ref), np.einsum("bnqk,bnkd->bnqd", p, v), atol=1e-5)
+  np.testing.assert_allclose(np.asarray(kernels.CPU.attention(q, k, v, key_bias, pb, lambda x: x, jnp.float32)),
+                             np.asarray(ref), atol=1e-5)
+  g_cpu = jax.grad(lambda *a: loss(kernels.CPU, *a), argnums=(0, 1, 2))(q, k, v)
+  g_plain = jax.grad(lambda *a: loss(kernels.PLAIN, *a), argnums=(0, 1, 2))(q, k, v)
+  for a, b in zip(g_cpu, g_plain):
+    assert np.abs(np.asarray(b)).max() > 0.1
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+
+
+def test_cpu_gelu_and_matmul_equal_the_plain_ones_and_keep_nan():
+  x = np.linspace(-4, 4, 33, dtype=np.float32)
+  np.testing.assert_allclose(np.asarray(kernels.CPU.gelu(x)), np.asarray(kernels.PLAIN.gelu(x)), atol=1e-7)
+  np.testing.assert_allclose(np.asarray(jax.grad(lambda a: kernels.CPU.gelu(a).sum())(x)),
+                             np.asarray(jax.grad(lambda a: kernels.PLAIN.gelu(a).sum())(x)), atol=1e-6)
+  assert np.isnan(np.asarray(kernels.CPU.gelu(np.array([np.nan], np.float32)))).all()
+  a = np.random.default_rng(2).standard_normal((3, 5)).astype(np.float32)
+  kern = np.random.default_rng(3).standard_normal((5, 4)).astype(np.float32)
+  np.testing.assert_allclose(np.asarray(kernels.CPU.matmul(a, kern)), np.asarray(kernels.PLAIN.matmul(a, kern)),
+                             atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["bert", "mpnet"])
+def test_an_encoder_on_the_plain_kernels_gives_the_cpu_kernels_embeddings_and_gradients(monkeypatch, arch):
+  cfg = encoder.TransformerConfig(arch, 40, 16, 2, 2, 32, 24, 1e-12)
+  model = encoder.Encoder(cfg, normalize=True)
+  ids = np.array([[5, 7, 9, 11, 2, 0], [3, 4, 0, 0, 0, 0]], np.int32)
+  mask = (ids > 0).astype(np.int32)
+  params = model.init(jax.random.key(0), ids, mask)["params"]
+  target = np.random.default_rng(4).standard_normal((2, 16)).astype(np.float32)
+
+  def run():
+    loss = lambda p: jnp.sum(target * model.apply({"params": p}, ids, mask))
+    return jax.jit(jax.value_and_grad(loss))(params), model.apply({"params": params}, ids, mask)
+
+  (l_cpu, g_cpu), e_cpu = run()
+  used = []
+  plain = dataclasses.replace(kernels.PLAIN, attention=lambda *a: used.append(1) or kernels.PLAIN.attention(*a))
+  monkeypatch.setattr(kernels, "for_backend", lambda backend=None: plain)
+  (l_plain, g_plain), e_plain = run()
+  assert used  # The encoder asked for its kernels.
+  np.testing.assert_allclose(np.asarray(e_plain), np.asarray(e_cpu), atol=1e-5)
+  np.testing.assert_allclose(float(l_plain), float(l_cpu), atol=1e-5)
+  for a, b in zip(jax.tree.leaves(g_cpu), jax.tree.leaves(g_plain)):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-5)
