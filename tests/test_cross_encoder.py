@@ -303,6 +303,7 @@ def _tiny(cfg, tiny_models):
 def test_ce_configs_train_rerank_and_distill_two_steps(tmp_path, tiny_models, isolated_cache, head, negatives):
   from edistill.eval import rerank
   cfg = _tiny(_load("cross_encoder", f"head={head},negatives={negatives},runlocal"), tiny_models)
+  assert recipes.precompute(cfg).startswith(f"precomputed for {cfg.data.source}: ")
   metrics = recipes.train(cfg, tmp_path / "ce")
   assert np.isfinite(metrics["loss"]) and {k.split("/")[0] for k in metrics if "/" in k} == {"label"}
   rows = rerank.run(cfg, tmp_path / "ce")
@@ -314,6 +315,8 @@ def test_ce_configs_train_rerank_and_distill_two_steps(tmp_path, tiny_models, is
   if negatives == "in_batch":
     return
   student = _tiny(_load("ce_distill", f"head={head},ce={tmp_path / 'ce' / 'checkpoints'},runlocal"), tiny_models)
+  assert "training examples" in recipes.precompute(student)
+  assert len(list((isolated_cache / "ce_teacher").glob("*.npz"))) >= 1  # Precompute filled the CE's table.
   metrics = recipes.train(student, tmp_path / "student")
   expected = {"label", "score"} | ({"query_emb", "doc_emb"} if head == "dual" else set())
   assert {k.split("/")[0] for k in metrics if "/" in k} == expected

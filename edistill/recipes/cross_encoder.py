@@ -59,6 +59,14 @@ class DerivedPipeline:
   def __init__(self, base: pipeline.Pipeline, fn: Callable[..., dict]):
     self.base, self.fn = base, fn
 
+  @property
+  def examples(self):
+    return self.base.examples
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return self.base.steps_per_epoch
+
   def batch(self, step: int) -> dict[str, np.ndarray]:
     rows = self.base.global_rows(step)
     b = self.base.local_batch_size
