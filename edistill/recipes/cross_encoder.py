@@ -32,12 +32,11 @@ from edistill.cache import atomic_file, cache_root, content_key, texts_fingerpri
 from edistill.data import pipeline
 from edistill.eval import report, rerank
 from edistill.models import cross_encoder as ce_lib
-from edistill.models.dual_encoder import init_projection
 from edistill.recipes import embed_distill, registry
 from edistill.retrieval import bm25 as bm25_lib
 from edistill.retrieval import encode as encode_lib
 from edistill.train import loop
-from edistill.train.step import gradient_step
+from edistill.train.step import jit_loss_step
 
 
 NEGATIVES = ("hard", "in_batch")
@@ -110,14 +109,6 @@ def train_loss(params, batch, rng, *, model: ce_lib.CrossEncoder, temperature: f
   return losses.total_loss(terms, {"label": 1.0})
 
 
-def jit_step(loss_fn, tx, state_shardings, teacher_shardings, batch_sharding):
-  """``gradient_step`` on ``loss_fn(params, teacher_params, batch, rng)``, jitted as ``jit_train_step``."""
-  def fn(state, teacher_params, batch):
-    return gradient_step(state, lambda p, rng: loss_fn(p, teacher_params, batch, rng), tx)
-  return jax.jit(fn, in_shardings=(state_shardings, teacher_shardings, batch_sharding),
-                 out_shardings=(state_shardings, None), donate_argnums=(0,))
-
-
 def _training_data(cfg):
   """The train split (``embed_distill.training_data``), with BM25 hard negatives when ``cross_encoder.mine``."""
   data = embed_distill.training_data(cfg)
@@ -141,7 +132,7 @@ def build_train(cfg, process_index: int = 0, process_count: int = 1) -> loop.Set
   tx = embed_distill.optimizer(cfg.train)
   loss_fn = lambda p, _, batch, rng: train_loss(p, batch, rng, model=model, temperature=cfg.cross_encoder.temperature)
   return loop.Setup(pipe, model, None, None, ce_lib.init_params(model, ce_lib.encoder_params(pre)), pre.tokenizer, tx,
-                    objective.loss_config(cfg.loss), functools.partial(jit_step, loss_fn, tx))
+                    objective.loss_config(cfg.loss), functools.partial(jit_loss_step, loss_fn, tx))
 
 
 def teacher_outputs(model: ce_lib.CrossEncoder, params, tokenizer, data, examples: pipeline.Examples,
@@ -184,12 +175,8 @@ def build_distill(cfg, process_index: int = 0, process_count: int = 1) -> loop.S
                             cfg.data.max_doc_length, cfg.cross_encoder.batch_size)
   signal = {"scores": "scores", "query_vectors": "query", "doc_vectors": "doc"}  # ce_lib.predict's -> the teacher's.
   table = {teachers.CrossEncoderTeacher.BATCH_KEYS[signal[k]]: v for k, v in outputs.items()}
-  s_dim = student.query_encoder.output_dim
-  t_dim = model.config.hidden_size
-  rng = jax.random.key(cfg.seed + 1)
-  for term, name, i in (("query_emb", "query_projection", 0), ("doc_emb", "doc_projection", 1)):
-    if getattr(loss, term) and s_dim != t_dim:
-      params[name] = init_projection(jax.random.fold_in(rng, i), s_dim, t_dim)
+  embed_distill.add_projections(params, student.query_encoder.output_dim, model.config.hidden_size,
+                                jax.random.key(cfg.seed + 1), query=bool(loss.query_emb), doc=bool(loss.doc_emb))
   pipe = DerivedPipeline(base, lambda batch, rows, local: {**batch, **{k: v[rows[local]] for k, v in table.items()}})
   teacher = teachers.CrossEncoderTeacher()
   step = functools.partial(embed_distill.jit_train_step, student, teacher, loss, tx)

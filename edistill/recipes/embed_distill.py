@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from pathlib import Path
+from typing import Callable
 
 import jax
 import numpy as np
@@ -38,6 +39,20 @@ def lstsq_projection(student: np.ndarray, teacher: np.ndarray, ridge: float = 1e
   gram = x.T @ x + ridge * len(x) * np.eye(x.shape[1])
   w = np.linalg.solve(gram, x.T @ teacher.astype(np.float64))
   return {"kernel": w[:-1].astype(np.float32), "bias": w[-1].astype(np.float32)}
+
+
+def add_projections(params: dict, s_dim: int, t_dim: int, rng: jax.Array, *, query: bool, doc: bool,
+                    query_init: Callable[[], dict] | None = None) -> dict:
+  """Adds the heads [s_dim -> t_dim] into the teacher's space that the student needs, when the widths
+  differ: ``query_projection`` (``query_init()``, else random from ``fold_in(rng, 0)``) and
+  ``doc_projection`` (random from ``fold_in(rng, 1)``). Returns ``params``."""
+  if s_dim != t_dim:
+    if query:
+      params["query_projection"] = (query_init() if query_init else
+                                    init_projection(jax.random.fold_in(rng, 0), s_dim, t_dim))
+    if doc:
+      params["doc_projection"] = init_projection(jax.random.fold_in(rng, 1), s_dim, t_dim)
+  return params
 
 
 def training_data(cfg):
@@ -169,18 +184,13 @@ def build(cfg, process_index: int = 0, process_count: int = 1, multihost: bool =
         data = with_teacher_negatives(data, tables, cfg.data.teacher_negatives)
       teacher_params = tables
       t_dim = tables["queries"].shape[1]
-    s_dim = student_pre.module.output_dim
-    rng = jax.random.key(cfg.seed + 1)
-    if (kind == "asymmetric" or loss.query_emb) and s_dim != t_dim:
-      if cfg.student.projection_init == "lstsq" and cfg.teacher.mode == "precomputed":
-        student_q = encode_lib.encode_pretrained(student_pre, data.query_ids, data.query_texts, cfg.data.max_query_length,
-                                                 Path(zoo.cache_dir()) / "embeddings", desc="student queries",
-                                                 multihost=multihost)
-        params["query_projection"] = lstsq_projection(student_q, teacher_params["queries"])
-      else:
-        params["query_projection"] = init_projection(jax.random.fold_in(rng, 0), s_dim, t_dim)
-    if loss.doc_emb and s_dim != t_dim:
-      params["doc_projection"] = init_projection(jax.random.fold_in(rng, 1), s_dim, t_dim)
+    query_init = None
+    if cfg.student.projection_init == "lstsq" and cfg.teacher.mode == "precomputed":
+      query_init = lambda: lstsq_projection(encode_lib.encode_pretrained(
+          student_pre, data.query_ids, data.query_texts, cfg.data.max_query_length,
+          Path(zoo.cache_dir()) / "embeddings", desc="student queries", multihost=multihost), teacher_params["queries"])
+    add_projections(params, student_pre.module.output_dim, t_dim, jax.random.key(cfg.seed + 1),
+                    query=kind == "asymmetric" or bool(loss.query_emb), doc=bool(loss.doc_emb), query_init=query_init)
   pipe = student_pipeline(cfg, data, student_pre.tokenizer, process_index, process_count)
   tx = optimizer(cfg.train)
   step = functools.partial(jit_train_step, student, teacher, loss, tx, grad_cache_chunk=cfg.train.grad_cache_chunk)

@@ -14,6 +14,7 @@ from edistill.teachers import Teacher
 from edistill.train import grad_cache
 from edistill.train.state import TrainState
 
+
 def train_step(state: TrainState, teacher_params, batch, *, student: DualEncoder, teacher: Teacher | None,
                cfg: LossConfig, tx: optax.GradientTransformation,
                grad_cache_chunk: int = 0) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -56,5 +57,19 @@ def jit_train_step(student: DualEncoder, teacher: Teacher | None, cfg: LossConfi
   fn = lambda state, teacher_params, batch: train_step(state, teacher_params, batch, student=student,
                                                        teacher=teacher, cfg=cfg, tx=tx,
                                                        grad_cache_chunk=grad_cache_chunk)
+  return jit_sharded(fn, state_shardings, teacher_shardings, batch_sharding)
+
+
+def jit_loss_step(loss_fn, tx: optax.GradientTransformation, state_shardings, teacher_shardings, batch_sharding):
+  """``gradient_step`` on any ``loss_fn(params, teacher_params, batch, rng) -> (loss, metrics)``, jitted
+  as ``jit_train_step`` (a recipe's own model, e.g. a cross-encoder)."""
+  fn = lambda state, teacher_params, batch: gradient_step(
+      state, lambda p, rng: loss_fn(p, teacher_params, batch, rng), tx)
+  return jit_sharded(fn, state_shardings, teacher_shardings, batch_sharding)
+
+
+def jit_sharded(fn, state_shardings, teacher_shardings, batch_sharding):
+  """``fn(state, teacher_params, batch) -> (state, metrics)`` jitted with these input shardings, the
+  state donated (updated in place) and replicated metrics."""
   return jax.jit(fn, in_shardings=(state_shardings, teacher_shardings, batch_sharding),
                  out_shardings=(state_shardings, None), donate_argnums=(0,))
