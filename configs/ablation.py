@@ -14,7 +14,9 @@ rows (each adds one component to the previous):
 students: l6 = all-MiniLM-L6-v2 (22.7M), l2 = its first 2 layers (~11M with embeddings).
 scale knobs (defaults: the rows above): ``steps``; ``unlabeled`` = how many unlabeled queries the
 ``unlab`` row draws (more than the pool holds takes them all); ``pool=wordnet_all`` adds every other
-WordNet gloss to the pool (~104k instead of ~36k; config.data.unlabeled_pool); ``source`` (default
+WordNet gloss to the pool (~104k instead of ~36k; config.data.unlabeled_pool); ``extra=gcide_definitions``
+adds the first definition sentence of every GCIDE entry outside the corpus (~110k; config.data.unlabeled_extra);
+``source`` (default
 wordnet_gcide; debian for the second domain); ``n_test`` / ``n_dev`` the split sizes (0: corpus/20,
 corpus/40; ``corpus=10000,n_test=1000,n_dev=500`` is the evaluation that can tell 2-point effects).
 
@@ -31,7 +33,7 @@ STUDENTS = {"l6": (0, 300, 2e-4), "l2": (2, 600, 5e-4)}  # num_layers (0 = all),
 
 def get_config(arg=None):
   args = config_lib.parse_arg(arg, row="qemb", student="l6", corpus=2000, steps=0, unlabeled=8000, pool="slice",
-                              n_test=0, n_dev=0, source="wordnet_gcide", runlocal=False)
+                              n_test=0, n_dev=0, source="wordnet_gcide", extra="", runlocal=False)
   if args.row not in ROWS:
     raise ValueError(f"row={args.row!r}; expected one of {ROWS}.")
   if args.student not in STUDENTS:
@@ -52,6 +54,7 @@ def get_config(arg=None):
     cfg.querygen.ratio = 0.5
   if rank >= ROWS.index("unlab"):
     cfg.data.unlabeled_queries, cfg.data.unlabeled_pool = args.unlabeled, args.pool
+    cfg.data.unlabeled_extra = args.extra
   if args.runlocal:
     config_lib.runlocal(cfg)
     cfg.data.unlabeled_queries = min(cfg.data.unlabeled_queries, 40)

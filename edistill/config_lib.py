@@ -84,7 +84,10 @@ def base_config() -> ml_collections.ConfigDict:
       # as its positive; from ``unlabeled_path`` or, for an offline benchmark subset, its own.
       # unlabeled_pool: "slice" (the subset's own) or, for wordnet_gcide, "wordnet_all" (+ every other
       # WordNet gloss: ~104k instead of ~36k at 2k documents; data/tfds_builders.unlabeled_queries).
-      "unlabeled_queries": 0, "unlabeled_path": "", "unlabeled_pool": "slice"})
+      # unlabeled_extra: more unlabeled queries, all of them, after the pool's pick: a .jsonl / .tsv
+      # queries file, or a named pool of the benchmark ("gcide_definitions" for wordnet_gcide: the first
+      # definition sentence of every GCIDE entry outside the slice's corpus, ~110k).
+      "unlabeled_queries": 0, "unlabeled_path": "", "unlabeled_pool": "slice", "unlabeled_extra": ""})
   cfg.teacher = encoder_config("mpnet-base")
   cfg.teacher.batch_size = 64  # For precomputing its embedding tables.
   cfg.teacher.mode = "precomputed"  # or "online" (needs the student's tokenizer; costs a teacher forward a step)
@@ -241,11 +244,19 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
                      "teacher in use (a distillation loss or an asymmetric student).")
   if cfg.data.unlabeled_queries < 0:
     raise ValueError(f"config.data.unlabeled_queries={cfg.data.unlabeled_queries} must be >= 0.")
-  if cfg.data.unlabeled_queries and not uses_teacher:
-    raise ValueError("config.data.unlabeled_queries needs a teacher: a distillation loss or an asymmetric student.")
-  if cfg.data.unlabeled_queries and cfg.teacher.mode != "precomputed":
-    raise ValueError("config.data.unlabeled_queries needs config.teacher.mode='precomputed' (the teacher "
-                     "labels them with its top-1 document from its precomputed document table).")
+  for key in ("unlabeled_queries", "unlabeled_extra"):
+    if cfg.data[key] and not uses_teacher:
+      raise ValueError(f"config.data.{key} needs a teacher: a distillation loss or an asymmetric student.")
+    if cfg.data[key] and cfg.teacher.mode != "precomputed":
+      raise ValueError(f"config.data.{key} needs config.teacher.mode='precomputed' (the teacher "
+                       "labels them with its top-1 document from its precomputed document table).")
+  extra = cfg.data.unlabeled_extra
+  if extra and extra not in benchmarks.EXTRA_POOLS and formats.queries_reader(extra) is None:
+    raise ValueError(f"config.data.unlabeled_extra={extra!r}: expected a .jsonl (BEIR) or .tsv (MS MARCO) queries "
+                     f"file, or one of the pools {tuple(benchmarks.EXTRA_POOLS)}.")
+  if extra in benchmarks.EXTRA_POOLS and benchmarks.EXTRA_POOLS[extra].source != cfg.data.source:
+    raise ValueError(f"config.data.unlabeled_extra={extra!r} is a pool of data.source="
+                     f"{benchmarks.EXTRA_POOLS[extra].source!r}; this config's source is {cfg.data.source!r}.")
   mesh.rules(cfg.mesh)  # Raises naming a malformed config.mesh.rules entry.
   if cfg.train.init_from_missing not in checkpoint.MISSING:
     raise ValueError(f"config.train.init_from_missing={cfg.train.init_from_missing!r}; expected one of "

@@ -279,3 +279,27 @@ def test_the_cli_builds_the_same_benchmark_as_training_at_the_same_size(tmp_path
   built, main = (json.loads((tmp_path / d / "manifest.json").read_text()) for d in ("cli", "main"))
   assert built["options"]["train_share"] == common.TRAIN_SHARE == 0.5
   assert built["sha256"] == main["sha256"] and built["counts"] == main["counts"]
+
+
+def test_definition_sentence_drops_headword_asides_and_part_of_speech():
+  ds = wordnet_gcide.definition_sentence
+  assert ds("Ablation: Ablation, n. [L. ablatio, fr. ablatus p. p. of auferre; ab + latus. See Tolerate.] "
+            "1. A carrying or taking away; removal. 2. (Med.) Extirpation.") == "A carrying or taking away; removal"
+  assert ds("Coontie: Coontie, n. (Bot.) A cycadaceous plant of Florida, from which sago is prepared.") == \
+      "A cycadaceous plant of Florida, from which sago is prepared"
+  # Nested asides go innermost first; a 3-word sense is too short, so the next sentence is taken.
+  assert ds("Painable: Painable, a. [Cf. F. p['e]nible.] Causing pain; painful. [Obs.] The manacles were "
+            "the less weighty.") == "The manacles were the less weighty"
+  assert ds("Ardor: Ardor, n. Heat.") is None
+  assert len(ds("X: X, n. " + "word " * 60, max_words=40).split()) == 40
+
+
+def test_gcide_definitions_leave_out_the_slices_documents_and_repeated_sentences(monkeypatch):
+  from edistill.data.types import Document
+  corpus = {"gcide:a": Document("gcide:a", "A: A, n. The first letter of the alphabet."),
+            "gcide:b": Document("gcide:b", "B: B, n. The second letter of the alphabet."),
+            "gcide:b2": Document("gcide:b2", "B2: B, n. The second letter of the alphabet."),
+            "gcide:c": Document("gcide:c", "C: C, n. The third letter of the alphabet.")}
+  monkeypatch.setattr(wordnet_gcide, "build_wordnet_gcide", lambda root=None: common.Collection(corpus, {}, {}))
+  assert wordnet_gcide.gcide_definitions({"gcide:a"}) == {
+      "def:gcide:b": "The second letter of the alphabet", "def:gcide:c": "The third letter of the alphabet"}

@@ -396,6 +396,43 @@ def test_unlabeled_queries_join_training_with_teacher_rows(tmp_path, tiny_models
   assert np.isfinite(recipes.train(cfg, tmp_path)["loss"])
 
 
+def test_an_extra_unlabeled_file_joins_after_the_pool_as_its_own_cached_table(tmp_path, tiny_models, isolated_cache,
+                                                                             monkeypatch):
+  from edistill.data.formats import beir
+  from edistill.retrieval import encode as encode_lib
+  cfg = _config(tiny_models, steps=1)
+  cfg.data.unlabeled_queries = 20
+  pooled = recipes.build(cfg)
+  extra = {"x:a": "open a file and read its lines", "x:b": "sort a list in place", "x:c": "join two paths"}
+  beir.write_queries(tmp_path / "extra.jsonl", extra)
+  cfg.data.unlabeled_extra = str(tmp_path / "extra.jsonl")
+  encoded = []
+  real = encode_lib.encode
+  monkeypatch.setattr(encode_lib, "encode", lambda fn, params, tok, texts, *a, **k: (
+      encoded.append(list(texts)), real(fn, params, tok, texts, *a, **k))[1])
+  more = recipes.build(cfg)
+  assert encoded == [[extra[k] for k in sorted(extra)]]  # Only the extra: the pool's table is a cache hit.
+  n = len(pooled.data.query_ids)
+  assert more.data.query_ids[n:] == sorted(extra) and more.data.query_texts[n:] == [extra[k] for k in sorted(extra)]
+  np.testing.assert_array_equal(more.teacher_params["queries"][:n], pooled.teacher_params["queries"])
+  new = more.pipe.examples.query >= n
+  assert new.sum() == 3
+  scores = more.teacher_params["queries"][more.pipe.examples.query[new]] @ more.teacher_params["docs"].T
+  np.testing.assert_array_equal(more.pipe.examples.docs[new, 0], scores.argmax(1))
+  beir.write_queries(tmp_path / "clash.jsonl", {pooled.data.query_ids[0]: "a query id training already has"})
+  cfg.data.unlabeled_extra = str(tmp_path / "clash.jsonl")
+  with pytest.raises(ValueError, match=r"unlabeled_extra=.*1 query ids are already training or unlabeled"):
+    recipes.build(cfg)
+
+
+def test_unlabeled_extra_is_checked_by_name_and_suffix(tiny_models):
+  cfg = _config(tiny_models, steps=1)
+  for bad, message in (("queries.txt", "expected a .jsonl"), ("gcide_definitions", "a pool of data.source='wordnet_gcide'")):
+    cfg.data.unlabeled_extra = bad
+    with pytest.raises(ValueError, match=message):
+      config_lib.validate(cfg)
+
+
 def test_precompute_fills_the_caches_that_training_then_reads(tmp_path, tiny_models, monkeypatch):
   monkeypatch.setenv("EDISTILL_CACHE", str(tmp_path / "cache"))  # Empty: this test sees every encode.
   cfg = _config(tiny_models, row="unlab", steps=1)

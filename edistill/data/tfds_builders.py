@@ -188,3 +188,31 @@ def unlabeled_queries(source: str, path: str = "", corpus_size: int = 0, seed: i
     raise ValueError(f"config.data.unlabeled_path={str(unlabeled_path)!r}: expected a .jsonl (BEIR) or .tsv "
                      f"(MS MARCO) queries file.")
   return reader(unlabeled_path, errors=errors)
+
+
+def extra_unlabeled_queries(source: str, extra: str, path: str = "", corpus_size: int = 0, seed: int = 0,
+                            errors: str = "raise", cache: str | os.PathLike | None = None, *, n_test: int = 0,
+                            n_dev: int = 0) -> dict[str, str]:
+  """{query id: text} of ``config.data.unlabeled_extra``: a queries file (BEIR ``.jsonl`` or MS MARCO
+  ``.tsv``), or a named pool of the offline benchmark (``benchmarks.EXTRA_POOLS``, e.g.
+  ``gcide_definitions``), built once from texts outside the slice's corpus and written as
+  ``unlabeled_<name>.jsonl`` beside the slice."""
+  if extra in benchmarks.EXTRA_POOLS:
+    pool = benchmarks.EXTRA_POOLS[extra]
+    if pool.source != source or not corpus_size:
+      raise ValueError(f"config.data.unlabeled_extra={extra!r} is a pool of data.source={pool.source!r} slices "
+                       f"(data.corpus_size > 0); got source={source!r}, corpus_size={corpus_size}.")
+    prepare(source, path, corpus_size, seed, errors, cache, n_test=n_test, n_dev=n_dev)
+    raw = _offline_dir(Path(cache) if cache else cache_root(), source, corpus_size, seed, n_test, n_dev)
+    out = raw / f"unlabeled_{extra}.jsonl"
+    if not out.is_file():
+      corpus = {d.doc_id for d in beir.iter_corpus(raw / "corpus.jsonl", errors=errors)}
+      beir.write_queries(out, pool.build(corpus))
+    return beir.read_queries(out, errors=errors)
+  reader = formats.queries_reader(extra)
+  if reader is None:
+    raise ValueError(f"config.data.unlabeled_extra={extra!r}: expected a .jsonl (BEIR) or .tsv (MS MARCO) queries "
+                     f"file, or one of the pools {tuple(benchmarks.EXTRA_POOLS)}.")
+  if not Path(extra).is_file():
+    raise FileNotFoundError(f"config.data.unlabeled_extra={extra!r}: no such file.")
+  return reader(extra, errors=errors)

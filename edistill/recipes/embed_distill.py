@@ -91,22 +91,40 @@ def pseudo_labeled(data, ids: list[str], texts: list[str], query_emb: np.ndarray
 
 
 def with_unlabeled(cfg, data, tpre, tables: dict[str, np.ndarray], multihost: bool = False):
-  """Adds ``cfg.data.unlabeled_queries`` unlabeled queries (seeded choice) with teacher pseudo-labels
-  (``multihost``: as in ``build``)."""
+  """Adds ``cfg.data.unlabeled_queries`` unlabeled queries (seeded choice of the pool) and every query
+  of ``cfg.data.unlabeled_extra``, with teacher pseudo-labels (``multihost``: as in ``build``). Pool and
+  extra are encoded as separate cached tables, so adding an extra pool reuses the pool's."""
   d = cfg.data
-  pool = distributed.process0_first_if(multihost, lambda: tfds_builders.unlabeled_queries(
-      d.source, d.path, d.corpus_size, cfg.seed, d.errors, d.unlabeled_path, pool=d.unlabeled_pool,
-      n_test=d.n_test, n_dev=d.n_dev), "unlabeled")
-  pool_ids = sorted(pool)
-  pick = np.sort(np.random.default_rng([cfg.seed, 11]).permutation(len(pool_ids))[:cfg.data.unlabeled_queries])
-  ids = [pool_ids[i] for i in pick]
-  texts = [pool[q] for q in ids]
-  if len(ids) < cfg.data.unlabeled_queries:
-    logging.warning("config.data.unlabeled_queries=%d but only %d are available; using them all.",
-                    cfg.data.unlabeled_queries, len(ids))
-  emb = encode_lib.encode_pretrained(tpre, ids, texts, cfg.data.max_query_length, Path(zoo.cache_dir()) / "embeddings",
-                                     batch_size=cfg.teacher.batch_size, desc="teacher unlabeled queries",
-                                     multihost=multihost)
+  ids, texts, embs = [], [], []
+  if d.unlabeled_queries:
+    pool = distributed.process0_first_if(multihost, lambda: tfds_builders.unlabeled_queries(
+        d.source, d.path, d.corpus_size, cfg.seed, d.errors, d.unlabeled_path, pool=d.unlabeled_pool,
+        n_test=d.n_test, n_dev=d.n_dev), "unlabeled")
+    pool_ids = sorted(pool)
+    pick = np.sort(np.random.default_rng([cfg.seed, 11]).permutation(len(pool_ids))[:d.unlabeled_queries])
+    ids = [pool_ids[i] for i in pick]
+    texts = [pool[q] for q in ids]
+    if len(ids) < d.unlabeled_queries:
+      logging.warning("config.data.unlabeled_queries=%d but only %d are available; using them all.",
+                      d.unlabeled_queries, len(ids))
+    embs.append(encode_lib.encode_pretrained(tpre, ids, texts, d.max_query_length, Path(zoo.cache_dir()) / "embeddings",
+                                             batch_size=cfg.teacher.batch_size, desc="teacher unlabeled queries",
+                                             multihost=multihost))
+  if d.unlabeled_extra:
+    extra = distributed.process0_first_if(multihost, lambda: tfds_builders.extra_unlabeled_queries(
+        d.source, d.unlabeled_extra, d.path, d.corpus_size, cfg.seed, d.errors, n_test=d.n_test, n_dev=d.n_dev),
+        "unlabeled extra")
+    clash = sorted(set(extra) & (set(ids) | set(data.query_ids)))
+    if clash:
+      raise ValueError(f"config.data.unlabeled_extra={d.unlabeled_extra!r}: {len(clash)} query ids are already "
+                       f"training or unlabeled queries, e.g. {clash[0]!r}.")
+    extra_ids = sorted(extra)
+    extra_texts = [extra[q] for q in extra_ids]
+    embs.append(encode_lib.encode_pretrained(tpre, extra_ids, extra_texts, d.max_query_length,
+                                             Path(zoo.cache_dir()) / "embeddings", batch_size=cfg.teacher.batch_size,
+                                             desc="teacher extra unlabeled queries", multihost=multihost))
+    ids, texts = ids + extra_ids, texts + extra_texts
+  emb = np.concatenate(embs)
   data, _ = pseudo_labeled(data, ids, texts, emb, tables["docs"])
   logging.info("Added %d unlabeled queries (teacher top-1 pseudo-labels)", len(ids))
   return data, {**tables, "queries": np.concatenate([tables["queries"], emb])}
@@ -178,7 +196,7 @@ def build(cfg, process_index: int = 0, process_count: int = 1, multihost: bool =
                                                   emb_cache, desc="teacher queries", **kw),
           "docs": encode_lib.encode_pretrained(tpre, data.doc_ids, data.doc_texts, cfg.data.max_doc_length,
                                                emb_cache, desc="teacher documents", **kw)}
-      if cfg.data.unlabeled_queries:
+      if cfg.data.unlabeled_queries or cfg.data.unlabeled_extra:
         data, tables = with_unlabeled(cfg, data, tpre, tables, multihost)
       if cfg.data.teacher_negatives:
         data = with_teacher_negatives(data, tables, cfg.data.teacher_negatives)

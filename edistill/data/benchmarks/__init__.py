@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from edistill.data.benchmarks import common
-from edistill.data.benchmarks.registry import BENCHMARKS, UNLABELED_POOLS, Benchmark, get, register  # noqa: F401
+from edistill.data.benchmarks.registry import (  # noqa: F401
+    BENCHMARKS, EXTRA_POOLS, UNLABELED_POOLS, Benchmark, ExtraPool, get, register)
 from edistill.data.formats import beir
 
 

@@ -26,3 +26,16 @@ get = BENCHMARKS.lookup
 UNLABELED_POOLS = ("slice", "wordnet_all")
 
 
+
+
+@dataclasses.dataclass(frozen=True)
+class ExtraPool:
+  """A named ``config.data.unlabeled_extra``: texts of ``source`` that no split uses, as unlabeled
+  queries. build(corpus ids of the slice) -> {query id: text}, excluding texts of those documents."""
+
+  name: str
+  source: str
+  build: Callable[[set[str]], dict[str, str]]
+
+
+EXTRA_POOLS = Registry("extra unlabeled pool")

@@ -230,6 +230,41 @@ def wordnet_gloss_pool(root: Path | None = None) -> dict[str, str]:
   return other_glosses(debs["wordnet-base"][0] / "usr/share/wordnet", set(build_wordnet_gcide(root=root).queries))
 
 
+_ASIDES = re.compile(r"\[[^\[\]]*\]|\([^()]*\)")  # Innermost etymology, pronunciation or "(Bot.)" label.
+_SENTENCES = re.compile(r"(?<=\.)\s+(?:\d+\.\s+)?")  # Sentence ends and numbered senses.
+
+
+def definition_sentence(text: str, max_words: int = 40) -> str | None:
+  """A GCIDE document's first definition: the text after its headword prefix, asides removed, the
+  first sentence of at least ``common.MIN_QUERY_WORDS`` words (the headword and part of speech,
+  "Ardor, n.", are shorter), cut to ``max_words``; None when there is none."""
+  body, prev = text.partition(": ")[2] or text, None
+  while body != prev:  # Asides nest ("[Cf. F. p['e]nible.]"): innermost first.
+    body, prev = _ASIDES.sub(" ", body), body
+  body = common.words(body)
+  for piece in _SENTENCES.split(body):
+    piece = piece.strip(" .;:,")
+    words = piece.split()
+    if len(words) >= common.MIN_QUERY_WORDS:
+      return " ".join(words[:max_words])
+  return None
+
+
+def gcide_definitions(exclude: Container[str], root: Path | None = None) -> dict[str, str]:
+  """{"def:" + document id: its ``definition_sentence``} of every GCIDE document not in ``exclude``
+  (pass the slice's corpus ids), each distinct sentence once (headwords sharing an entry share it):
+  dictionary text in no split's corpus, queries-to-be for embedding matching (the paper's "explore
+  the data manifold"), pseudo-labelled by the teacher."""
+  out, seen = {}, set()
+  for doc_id, doc in build_wordnet_gcide(root=root).corpus.items():
+    if doc_id not in exclude:
+      sentence = definition_sentence(doc.text)
+      if sentence and sentence not in seen:
+        seen.add(sentence)
+        out["def:" + doc_id] = sentence
+  return out
+
+
 def build_wordnet_gcide(pos: Sequence[str] = ("noun",), root: Path | None = None) -> common.Collection:
   """Fetches wordnet-base and dict-gcide (cached) and builds the WordNet -> GCIDE collection."""
   debs = common.fetch_debs(["wordnet-base", "dict-gcide"], (root or common.cache_dir()) / "debs")
@@ -243,5 +278,6 @@ def build_wordnet_gcide(pos: Sequence[str] = ("noun",), root: Path | None = None
 
 
 
+registry.EXTRA_POOLS.register(registry.ExtraPool("gcide_definitions", "wordnet_gcide", gcide_definitions))
 registry.register(registry.Benchmark("wordnet_gcide", (1000, 500),
                                          lambda pos: (build_wordnet_gcide(pos), {"pos": list(pos)})))
