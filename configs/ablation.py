@@ -15,9 +15,9 @@ students: l6 = all-MiniLM-L6-v2 (22.7M), l2 = its first 2 layers (~11M with embe
 scale knobs (defaults: the rows above): ``steps``; ``unlabeled`` = how many unlabeled queries the
 ``unlab`` row draws (more than the pool holds takes them all); ``pool=wordnet_all`` adds every other
 WordNet gloss to the pool (~104k instead of ~36k; config.data.unlabeled_pool); ``extra=gcide_definitions``
-adds the first definition sentence of every GCIDE entry outside the corpus (~110k; config.data.unlabeled_extra);
-``source`` (default
-wordnet_gcide; debian for the second domain); ``n_test`` / ``n_dev`` the split sizes (0: corpus/20,
+adds the first definition sentence of every GCIDE entry outside the corpus, each distinct sentence
+once (82k at 10k documents; config.data.unlabeled_extra); ``source`` (default wordnet_gcide; debian
+for the second domain); ``n_test`` / ``n_dev`` the split sizes (0: corpus/20,
 corpus/40; ``corpus=10000,n_test=1000,n_dev=500`` is the evaluation that can tell 2-point effects).
 
 Data: WordNet -> GCIDE, a ``corpus``-document slice (default 2,000), documents cut to 64 tokens.
