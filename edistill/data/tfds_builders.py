@@ -148,6 +148,13 @@ def _offline_dir(root: Path, source: str, corpus_size: int, seed: int, n_test: i
   return root / "datasets" / f"{source}-{corpus_size or 'full'}-seed{seed}{sizes}"
 
 
+def _prepared_dir(source: str, path: str, corpus_size: int, seed: int, errors: str, cache, n_test: int,
+                  n_dev: int) -> Path:
+  """An offline benchmark slice's raw BEIR directory, prepared (built and loaded into TFDS) if needed."""
+  prepare(source, path, corpus_size, seed, errors, cache, n_test=n_test, n_dev=n_dev)
+  return _offline_dir(Path(cache) if cache else cache_root(), source, corpus_size, seed, n_test, n_dev)
+
+
 def _build_offline(source: str, raw: Path, corpus_size: int, seed: int, n_test: int = 0, n_dev: int = 0) -> None:
   benchmarks.build(source, raw, seed=seed, corpus_size=corpus_size or None,  # common.TRAIN_SHARE, as the CLI.
                    n_test=n_test or None, n_dev=n_dev or None)
@@ -173,8 +180,7 @@ def unlabeled_queries(source: str, path: str = "", corpus_size: int = 0, seed: i
     if source not in benchmarks.BENCHMARKS or not corpus_size:
       raise ValueError(f"config.data.unlabeled_path must name a queries file: data.source={source!r} with "
                        f"corpus_size={corpus_size} has no built-in unlabeled queries.")
-    prepare(source, path, corpus_size, seed, errors, cache, n_test=n_test, n_dev=n_dev)
-    raw = _offline_dir(Path(cache) if cache else cache_root(), source, corpus_size, seed, n_test, n_dev)
+    raw = _prepared_dir(source, path, corpus_size, seed, errors, cache, n_test, n_dev)
     unlabeled_path = raw / "unlabeled_queries.jsonl"
     if not unlabeled_path.is_file():  # Built by an older edistill: rebuild (deterministic, same files).
       _build_offline(source, raw, corpus_size, seed, n_test, n_dev)
@@ -202,8 +208,7 @@ def extra_unlabeled_queries(source: str, extra: str, path: str = "", corpus_size
     if pool.source != source or not corpus_size:
       raise ValueError(f"config.data.unlabeled_extra={extra!r} is a pool of data.source={pool.source!r} slices "
                        f"(data.corpus_size > 0); got source={source!r}, corpus_size={corpus_size}.")
-    prepare(source, path, corpus_size, seed, errors, cache, n_test=n_test, n_dev=n_dev)
-    raw = _offline_dir(Path(cache) if cache else cache_root(), source, corpus_size, seed, n_test, n_dev)
+    raw = _prepared_dir(source, path, corpus_size, seed, errors, cache, n_test, n_dev)
     out = raw / f"unlabeled_{extra}.jsonl"
     if not out.is_file():
       corpus = {d.doc_id for d in beir.iter_corpus(raw / "corpus.jsonl", errors=errors)}

@@ -75,6 +75,13 @@ class Context:
   student_params: dict | None = None
   cache_dir: Path = dataclasses.field(default_factory=lambda: Path(zoo.cache_dir()) / "embeddings")
   _teacher: tuple | None = None
+  _student: zoo.Pretrained | None = None
+
+  def student(self) -> zoo.Pretrained:
+    """The student's pretrained start (loaded once: the zero-shot row and the trained student share it)."""
+    if self._student is None:
+      self._student = zoo.load_from_config(self.cfg.student)
+    return self._student
 
   def teacher(self) -> tuple[zoo.Pretrained, np.ndarray]:
     """(the teacher, its document embeddings [N, D]), cached on disk and shared with training's tables."""
@@ -111,7 +118,7 @@ def _teacher_row(ctx: Context) -> dict[str, Any]:
 
 
 def _zero_shot_row(ctx: Context) -> dict[str, Any]:
-  model = pretrained_model("student_zero_shot", zoo.load_from_config(ctx.cfg.student))
+  model = pretrained_model("student_zero_shot", ctx.student())
   q, d = evaluator.embed(model, ctx.data, ctx.cfg.data.max_query_length, ctx.cfg.data.max_doc_length, ctx.cache_dir)
   return ctx.dense_row(model, q, d)
 
@@ -123,7 +130,7 @@ def _student_row(ctx: Context) -> dict[str, Any]:
     _, params = checkpoint.latest_params(
         ckpt_dir, " to evaluate the student from (train first, or set config.eval.checkpoint)")
   docs = ctx.teacher()[1] if cfg.student.kind == "asymmetric" else None
-  model = student_model(cfg, zoo.load_from_config(cfg.student), params, docs)
+  model = student_model(cfg, ctx.student(), params, docs)
   q, d = evaluator.embed(model, ctx.data, cfg.data.max_query_length, cfg.data.max_doc_length, None)
   return ctx.dense_row(model, q, d)
 
@@ -202,7 +209,7 @@ def run_domains(cfg, workdir: str | Path, domains=None, models=None, scann: bool
     with dcfg.unlocked():
       dcfg.data.update(data)
       # Training-only fields of the trained-on domain.
-      dcfg.data.unlabeled_queries, dcfg.data.unlabeled_pool, dcfg.data.unlabeled_path = 0, "slice", ""
+      dcfg.data.update(unlabeled_queries=0, unlabeled_pool="slice", unlabeled_path="", unlabeled_extra="")
       dcfg.querygen.ratio = 0.0
     logging.info("Cross-domain evaluation on %s", domain)
     out[domain] = run(dcfg, workdir, split="test", student_params=student_params, models=models, scann=scann,

@@ -95,6 +95,9 @@ def with_unlabeled(cfg, data, tpre, tables: dict[str, np.ndarray], multihost: bo
   of ``cfg.data.unlabeled_extra``, with teacher pseudo-labels (``multihost``: as in ``build``). Pool and
   extra are encoded as separate cached tables, so adding an extra pool reuses the pool's."""
   d = cfg.data
+  encode = functools.partial(encode_lib.encode_pretrained, tpre, max_length=d.max_query_length,
+                             cache_dir=Path(zoo.cache_dir()) / "embeddings", batch_size=cfg.teacher.batch_size,
+                             multihost=multihost)
   ids, texts, embs = [], [], []
   if d.unlabeled_queries:
     pool = distributed.process0_first_if(multihost, lambda: tfds_builders.unlabeled_queries(
@@ -107,9 +110,7 @@ def with_unlabeled(cfg, data, tpre, tables: dict[str, np.ndarray], multihost: bo
     if len(ids) < d.unlabeled_queries:
       logging.warning("config.data.unlabeled_queries=%d but only %d are available; using them all.",
                       d.unlabeled_queries, len(ids))
-    embs.append(encode_lib.encode_pretrained(tpre, ids, texts, d.max_query_length, Path(zoo.cache_dir()) / "embeddings",
-                                             batch_size=cfg.teacher.batch_size, desc="teacher unlabeled queries",
-                                             multihost=multihost))
+    embs.append(encode(ids, texts, desc="teacher unlabeled queries"))
   if d.unlabeled_extra:
     extra = distributed.process0_first_if(multihost, lambda: tfds_builders.extra_unlabeled_queries(
         d.source, d.unlabeled_extra, d.path, d.corpus_size, cfg.seed, d.errors, n_test=d.n_test, n_dev=d.n_dev),
@@ -120,9 +121,7 @@ def with_unlabeled(cfg, data, tpre, tables: dict[str, np.ndarray], multihost: bo
                        f"training or unlabeled queries, e.g. {clash[0]!r}.")
     extra_ids = sorted(extra)
     extra_texts = [extra[q] for q in extra_ids]
-    embs.append(encode_lib.encode_pretrained(tpre, extra_ids, extra_texts, d.max_query_length,
-                                             Path(zoo.cache_dir()) / "embeddings", batch_size=cfg.teacher.batch_size,
-                                             desc="teacher extra unlabeled queries", multihost=multihost))
+    embs.append(encode(extra_ids, extra_texts, desc="teacher extra unlabeled queries"))
     ids, texts = ids + extra_ids, texts + extra_texts
   emb = np.concatenate(embs)
   data, _ = pseudo_labeled(data, ids, texts, emb, tables["docs"])
