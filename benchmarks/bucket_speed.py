@@ -47,7 +47,7 @@ def make_runner(setup, cfg, batch: int, window: int, multiple: int, frozen):
 
   from edistill import mesh as mesh_lib
   from edistill.data import pipeline
-  from edistill.train import state as state_lib
+  from edistill.train import loop, state as state_lib
   from edistill.train.step import jit_train_step
 
   p = setup.pipe
@@ -59,13 +59,13 @@ def make_runner(setup, cfg, batch: int, window: int, multiple: int, frozen):
   mesh = mesh_lib.make_mesh({"data": -1, "model": 1}, jax.devices()[:1])
   state_sh = mesh_lib.tree_shardings(jax.eval_shape(lambda q: state_lib.create(q, tx, 0), setup.init_params), mesh)
   holder = {"state": jax.jit(lambda q: state_lib.create(q, tx, 0), out_shardings=state_sh)(setup.init_params)}
-  teacher = jax.device_put(setup.teacher_params, mesh_lib.replicated(mesh))
+  teacher = jax.device_put(loop.device_teacher_params(setup), mesh_lib.replicated(mesh))
   fn = jit_train_step(setup.student, setup.teacher, setup.loss, tx, state_sh, mesh_lib.replicated(mesh),
                       mesh_lib.batch_sharding(mesh))
 
   def step(i: int) -> tuple[float, int, tuple]:
     start = time.perf_counter()
-    b = pipe.batch(i)
+    b = loop.host_batch(setup, pipe.batch(i))  # The teacher's rows of the batch, as training gathers them.
     holder["state"], metrics = fn(holder["state"], teacher, b)
     float(metrics["loss"])
     key = (b["query_input_ids"].shape, b["doc_input_ids"].shape)

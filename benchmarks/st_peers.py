@@ -78,17 +78,18 @@ def training_columns(setup, recipe: str, negatives_top: int, seed: int) -> dict[
   from edistill.data import mining
   # margin_mse: the teacher's margin between the positive and a hard negative mined as edistill mines
   # them (data.teacher_negatives): its top non-positives, likely false negatives left out.
-  tq, td = tables["queries"], tables["docs"]
+  tq, td = np.asarray(tables["queries"]), np.asarray(tables["docs"])
   known = setup.pipe.positives or {}
   relevant = {int(q): np.asarray(known.get(int(q), [p])) for q, p in zip(ex.query, ex.docs[:, 0])}
   mined = mining.teacher_negatives(tq, td, relevant, negatives_top)
+  short = {q: relevant[q] for q, pool in mined.items() if not pool}
+  if short:  # Every document of the top N scores at or above a positive: the teacher's best below them all.
+    mined.update({q: pool[:1] for q, pool in mining.teacher_negatives(tq, td, short, len(td)).items()})
   rng = np.random.default_rng(seed)
   negatives, margins = [], []
   for q, pos in zip(ex.query, ex.docs[:, 0]):
-    pool = mined[int(q)]
-    if not pool:  # The teacher ranks every document at or above a positive: no safe negative.
-      raise ValueError(f"margin_mse: query row {int(q)} has no teacher negative within the top {negatives_top}.")
-    neg = int(rng.choice(pool))
+    pool = mined[int(q)] or [d for d in range(len(td)) if d not in set(relevant[int(q)].tolist())]
+    neg = int(rng.choice(pool))  # (Only a teacher that scores its positive lowest of all gets a random one.)
     negatives.append(data.doc_texts[neg])
     margins.append(float(td[pos] @ tq[q] - td[neg] @ tq[q]))
   return {"query": queries, "positive": positives, "negative": negatives, "label": margins}

@@ -53,8 +53,8 @@ def main():
             "query_projection": init_projection(jax.random.key(1), 384, 768)}
   teacher = Teacher(Encoder(MINILM), "precomputed")  # Encoder unused in precomputed mode.
   unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
-  tables = {"queries": jnp.asarray(unit(rng.normal(size=(args.batch * 4, 768))), jnp.float32),
-            "docs": jnp.asarray(unit(rng.normal(size=(args.corpus, 768))), jnp.float32)}
+  tables = {"queries": unit(rng.normal(size=(args.batch * 4, 768))).astype(np.float32),
+            "docs": unit(rng.normal(size=(args.corpus, 768))).astype(np.float32)}
   lengths = rng.integers(args.query_length // 4, args.query_length + 1, args.batch)
   batch = {"query_input_ids": ids,
            "query_attention_mask": jnp.asarray(np.arange(args.query_length) < lengths[:, None], jnp.int32),
@@ -63,6 +63,8 @@ def main():
            "query_index": jnp.arange(args.batch, dtype=jnp.int32),
            "doc_index": jnp.asarray(rng.permutation(args.corpus)[:args.batch, None], jnp.int32),
            "negative_mask": jnp.zeros((args.batch, args.batch), bool)}
+  batch.update(teacher.host_inputs(tables, jax.device_get(batch)))  # The rows training ships in the batch.
+  tables = teacher.device_params(tables)  # None: no table on the device.
   tx = state_lib.make_optimizer(5e-5, 1000, 0, 0.01, 1.0)
   state = state_lib.create(params, tx, 0)
   loss = LossConfig(label=1.0, score=1.0, query_emb=1.0)

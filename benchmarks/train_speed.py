@@ -142,8 +142,8 @@ class Edistill:
     self.fn = jit_train_step(self.student, self.teacher, self.cfg, self.tx, state_sh, mesh_lib.replicated(mesh),
                              mesh_lib.batch_sharding(mesh))
     self.batch_sh = mesh_lib.batch_sharding(mesh)
-    self.tp = jax.device_put({"queries": data["teacher/queries"], "docs": data["teacher/docs"]},
-                             mesh_lib.replicated(mesh))
+    self.tables = {"queries": data["teacher/queries"], "docs": data["teacher/docs"]}  # Host side, as in training.
+    self.tp = self.teacher.device_params(self.tables)
     kw = dict(student=self.student, teacher=self.teacher, cfg=self.cfg)
     self.loss_fn = jax.jit(lambda p, tp, b, rng, det: compute_loss(p, tp, b, rng, deterministic=det, **kw),
                            static_argnums=4)
@@ -151,17 +151,23 @@ class Edistill:
         p, tp, b, rng, deterministic=det, **kw)[0]), static_argnums=4)
     self.n_params = sum(int(np.size(x)) for x in jax.tree.leaves(self.params))
 
+  def rows(self, batch):
+    """The batch with the teacher's rows gathered on the host (what the train loop ships)."""
+    return {**batch, **self.teacher.host_inputs(self.tables, batch)}
+
   def step(self, batch):
-    self.state, metrics = self.fn(self.state, self.tp, self.jax.device_put(batch, self.batch_sh))
+    self.state, metrics = self.fn(self.state, self.tp, self.jax.device_put(self.rows(batch), self.batch_sh))
     self.jax.block_until_ready((self.state, metrics))
     return metrics
 
   def forward(self, batch, deterministic=False):
-    out = self.loss_fn(self.params, self.tp, self.jax.device_put(batch), self.jax.random.key(0), deterministic)
+    out = self.loss_fn(self.params, self.tp, self.jax.device_put(self.rows(batch)), self.jax.random.key(0),
+                       deterministic)
     return self.jax.block_until_ready(out)
 
   def forward_backward(self, batch, deterministic=False):
-    out = self.grad_fn(self.params, self.tp, self.jax.device_put(batch), self.jax.random.key(0), deterministic)
+    out = self.grad_fn(self.params, self.tp, self.jax.device_put(self.rows(batch)), self.jax.random.key(0),
+                       deterministic)
     return self.jax.block_until_ready(out)
 
   def check(self, batch):

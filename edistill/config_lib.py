@@ -91,6 +91,8 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.teacher = encoder_config("mpnet-base")
   cfg.teacher.batch_size = 64  # For precomputing its embedding tables.
   cfg.teacher.mode = "precomputed"  # or "online" (needs the student's tokenizer; costs a teacher forward a step)
+  # The dtype precomputed table rows travel to the devices in (teachers.TABLE_DTYPES): "bfloat16" halves them.
+  cfg.teacher.table_dtype = "float32"
   cfg.teacher.kind = "dual"  # or "cross": a trained cross-encoder (cross_encoder.checkpoint), configs/ce_distill.py
   cfg.student = encoder_config("minilm-l6")
   cfg.student.kind = "asymmetric"
@@ -197,6 +199,9 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     return
   if cfg.teacher.mode not in ("precomputed", "online"):
     raise ValueError(f"config.teacher.mode={cfg.teacher.mode!r}; expected 'precomputed' or 'online'.")
+  from edistill import teachers  # It owns the table dtypes.
+  if cfg.teacher.get("table_dtype", "float32") not in teachers.TABLE_DTYPES:
+    raise ValueError(f"config.teacher.table_dtype={cfg.teacher.table_dtype!r}; expected one of {teachers.TABLE_DTYPES}.")
   if cfg.student.projection_init not in ("lstsq", "random"):
     raise ValueError(f"config.student.projection_init={cfg.student.projection_init!r}; expected 'lstsq' or 'random'.")
   if cfg.student.kind not in STUDENT_KINDS:

@@ -134,13 +134,15 @@ def main(argv):
       sys.exit(128 + e.signum)
     if distributed.is_writer():
       print(json.dumps(metrics, indent=2))
-      if config.eval.at_end:
-        print(evaluate(config, workdir))
+    if config.eval.at_end:  # Every process: the evaluation's encodings and searches are split across them.
+      text = evaluate(config, workdir)
+      if distributed.is_writer():
+        print(text)
   elif config.mode == "eval":
     print(evaluate(config, workdir))
   elif config.mode == "cross_domain":
     from edistill.eval import report, suite
-    print(report.domains_table(suite.run_domains(config, workdir), config.data))
+    print(report.domains_table(suite.run_domains(config, workdir, multihost=jax.process_count() > 1), config.data))
   elif config.mode == "export":
     print(run_export(config, workdir))
   elif config.mode == "precompute":

@@ -60,6 +60,12 @@ def make_mesh(mesh_shape: Mapping[str, int], devices: Sequence[jax.Device] | Non
   return Mesh(np.asarray(devices).reshape(sizes), names)
 
 
+def local_mesh() -> Mesh:
+  """A 1-D ``data`` mesh over this process's own devices: what per-host work (encoding a process's
+  rows, exact search) splits its batches over."""
+  return Mesh(np.asarray(jax.local_devices()), ("data",))
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   """Leading (batch) axis over ``data``, the rest replicated."""
   return NamedSharding(mesh, P("data"))

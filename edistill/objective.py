@@ -151,10 +151,10 @@ def compute_loss(params, teacher_params, batch, rng, *, student, teacher, cfg: L
                  deterministic: bool = False) -> tuple[jax.Array, Metrics]:
   """Weighted loss of one global batch (see module doc); returns (loss, metrics)."""
   q_rng, d_rng = jax.random.split(rng)
-  b, c, ld = batch["doc_input_ids"].shape
   q_s = student.encode_queries(params, batch["query_input_ids"], batch["query_attention_mask"], deterministic, q_rng)
   d_s = None
-  if student.kind != "asymmetric":
+  if student.kind != "asymmetric":  # An asymmetric student's batches need no document tokens.
+    b, c, ld = batch["doc_input_ids"].shape
     d_s = student.encode_docs(params, batch["doc_input_ids"].reshape(b * c, ld),
                               batch["doc_attention_mask"].reshape(b * c, ld), deterministic, d_rng)
   return loss_from_embeddings(params, q_s, d_s, teacher_params, batch, student=student, teacher=teacher, cfg=cfg)
@@ -165,7 +165,7 @@ def loss_from_embeddings(params, q_s, d_s, teacher_params, batch, *, student, te
   """The loss given the student's embeddings: ``q_s`` [B, Ds] of the queries, ``d_s`` [B*C, Ds] of the
   documents (None for an asymmetric student, whose documents are the teacher's). Uses only the
   projection heads of ``params`` (GradCache differentiates it with respect to the embeddings)."""
-  b, c, _ = batch["doc_input_ids"].shape
+  b, c = batch["doc_index"].shape
   positive_col = jnp.arange(b, dtype=jnp.int32) * c
   mask = batch["negative_mask"]
   asymmetric = student.kind == "asymmetric"

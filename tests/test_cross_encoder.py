@@ -216,6 +216,7 @@ def _distill_case(seed, b=4, c=3, ds=5, dt=7):
   mask[1, 2 * c] = True  # Query 1 is also relevant to query 2's positive: a false in-batch negative.
   batch = {"query_input_ids": np.zeros((b, 4), np.int32), "query_attention_mask": np.ones((b, 4), np.int32),
            "doc_input_ids": np.zeros((b, c, 6), np.int32), "doc_attention_mask": np.ones((b, c, 6), np.int32),
+           "doc_index": np.arange(b * c, dtype=np.int32).reshape(b, c),  # Every pipeline batch has it.
            "negative_mask": mask, "teacher_scores": rng.normal(size=(b, c)).astype(np.float32) * 2,
            "teacher_query_vectors": rng.normal(size=(b, c, dt)).astype(np.float32),
            "teacher_doc_vectors": rng.normal(size=(b, c, dt)).astype(np.float32)}

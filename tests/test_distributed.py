@@ -80,10 +80,41 @@ def _encoded_rows(stderr: str) -> dict[str, tuple[int, int, int]]:
 
 def _shards(root: Path) -> dict[str, dict]:
   out = {}
-  for path in sorted(root.glob("*/shard_*.npz")):
-    with np.load(path) as z:
-      out[f"{path.parent.name}/{path.name}"] = {"ids": list(z["ids"]), "embeddings": z["embeddings"]}
+  for path in sorted(root.glob("*/shard_*[0-9].npy")):
+    out[f"{path.parent.name}/{path.name}"] = {"ids": np.load(path.with_name(path.stem + ".ids.npy")).tolist(),
+                                              "embeddings": np.load(path)}
   return out
+
+
+_SEARCH_CHILD = r"""
+import json, sys
+import jax
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+jax.distributed.initialize(f"127.0.0.1:{sys.argv[1]}", num_processes=2, process_id=int(sys.argv[2]))
+import numpy as np
+from edistill.retrieval import index
+rng = np.random.default_rng(0)
+docs = rng.integers(-2, 3, size=(301, 6)).astype(np.float32)  # Exact scores with ties.
+queries = rng.integers(-2, 3, size=(13, 6)).astype(np.float32)
+i, s = index.exact_search(queries, docs, 25, query_batch=4, doc_batch=16, multihost=True)
+print(json.dumps({"devices": len(jax.local_devices()), "index": i.tolist(), "scores": s.tolist()}))
+"""
+
+
+def test_two_processes_split_exact_search_over_all_their_devices_and_agree_with_one(tmp_path):
+  from edistill.retrieval import index
+  port = _free_port()
+  results = _run_processes([[sys.executable, "-c", _SEARCH_CHILD, str(port), str(i)] for i in (0, 1)],
+                           _env(tmp_path), timeout=120)
+  outs = [json.loads(r.stdout.strip().splitlines()[-1]) for r in results]
+  rng = np.random.default_rng(0)
+  docs = rng.integers(-2, 3, size=(301, 6)).astype(np.float32)
+  queries = rng.integers(-2, 3, size=(13, 6)).astype(np.float32)
+  ref_i, ref_s = index.exact_search(queries, docs, 25, mesh=mesh_lib.make_mesh({"data": 1}, jax.devices()[:1]))
+  for out in outs:  # Each process: 2 devices, 7 or 6 of the 13 queries, then the gathered whole.
+    assert out["devices"] == 2
+    np.testing.assert_array_equal(np.array(out["index"]), ref_i)
+    np.testing.assert_array_equal(np.array(out["scores"], np.float32), ref_s)
 
 
 def _env(cache: Path) -> dict:
@@ -141,6 +172,25 @@ def test_two_processes_train_like_one_process(tmp_path, tiny_models, isolated_ca
   start = hf_import.load_params(tiny_models["bert"])[1]  # The student's initial query tower.
   moved = jax.tree.map(lambda a, b: float(np.abs(a - b).max()), p2["query_tower"], start)
   assert max(jax.tree.leaves(moved)) > 1e-4  # It trained.
+
+
+def test_two_processes_evaluate_like_one_process_splitting_the_work(tmp_path, tiny_models, isolated_cache):
+  cfg = _config(tiny_models, steps=STEPS)
+  recipes.train(cfg, tmp_path / "one")
+  one = recipes.evaluate(cfg, tmp_path / "one")
+  one_rows = json.loads((tmp_path / "one" / "results_test.json").read_text())
+  shutil.copytree(tmp_path / "one" / "checkpoints", tmp_path / "two" / "checkpoints")
+  shutil.rmtree(isolated_cache / "embeddings")  # The two processes encode the tables again, split.
+  port = _free_port()
+  results = _run_processes([_main_command(tiny_models, tmp_path / "two", "--mode=eval", *_distributed_flags(port, i))
+                            for i in (0, 1)], _env(isolated_cache))
+  rows = [_encoded_rows(r.stderr) for r in results]
+  assert "teacher documents" in rows[0] and rows[0]["teacher documents"][1] == rows[1]["teacher documents"][0]
+  two_rows = json.loads((tmp_path / "two" / "results_test.json").read_text())
+  assert set(two_rows) == set(one_rows) and "student" in one
+  for model, row in one_rows.items():
+    for metric in ("mrr@10", "recall@10", "recall@100", "ndcg@10"):
+      np.testing.assert_allclose(two_rows[model][metric], row[metric], atol=1e-6, err_msg=f"{model} {metric}")
 
 
 def test_sigterm_to_one_process_stops_both_at_the_same_saved_step(tmp_path, tiny_models, isolated_cache):

@@ -62,8 +62,8 @@ def test_cache_hits_resumes_and_invalidates(model, tmp_path, monkeypatch):
   _, again = enc.encode_cached(tmp_path, key, fn, params, tok, ids, TEXTS, 12, shard_size=4, desc=None)
   assert calls == [] and np.array_equal(again, first)  # Cache hit: nothing re-encoded.
 
-  (shard,) = [p for p in tmp_path.glob("*/shard_00001.npz")]
-  shard.unlink()  # An interrupted run: only the missing shard is encoded again.
+  (shard,) = [p for p in tmp_path.glob("*/shard_00001.ids.npy")]
+  shard.unlink()  # Killed between a shard's two files: only that shard is encoded again.
   enc.encode_cached(tmp_path, key, fn, params, tok, ids, TEXTS, 12, shard_size=4, desc=None)
   assert calls == [4]
 
@@ -77,6 +77,48 @@ def test_cache_hits_resumes_and_invalidates(model, tmp_path, monkeypatch):
   enc.encode_cached(tmp_path, key, fn, params, tok, ids, TEXTS[:-1] + ["a new text"], 12, shard_size=4, desc=None)
   assert calls == [4, 4, 2]  # New corpus text: new cache entry.
   assert len(list(tmp_path.iterdir())) == 3
+
+
+def test_default_encoding_splits_batches_over_every_local_device(model, monkeypatch):
+  from edistill import xla_options
+  fn, params, tok = model
+  seen = []
+  real = xla_options.inference_jit
+  monkeypatch.setattr(xla_options, "inference_jit", lambda f, **kw: seen.append(kw) or real(f, **kw))
+  out = enc.encode(fn, params, tok, TEXTS, max_length=12, batch_size=4, desc=None)  # 4 -> 8 rows a batch.
+  one = enc.encode(fn, params, tok, TEXTS, max_length=12, batch_size=4, desc=None,
+                   mesh=mesh_lib.make_mesh({"data": 1}, jax.devices()[:1]))
+  assert seen[0]["in_shardings"][1].mesh.size == 8 and "in_shardings" not in seen[1]
+  np.testing.assert_allclose(out, one, atol=1e-6)
+  np.testing.assert_allclose(out, _direct(model, TEXTS), atol=1e-5)
+
+
+def test_cached_table_is_memory_mapped_shards_equal_to_the_array(model, tmp_path):
+  fn, params, tok = model
+  ids = [f"d{i}" for i in range(len(TEXTS))]
+  key = {"model": enc.params_fingerprint(params)}
+  _, whole = enc.encode_cached(tmp_path, key, fn, params, tok, ids, TEXTS, 12, shard_size=4, desc=None)
+  for _ in range(2):  # Freshly encoded, then from the cache.
+    _, table = enc.encode_cached(tmp_path, key, fn, params, tok, ids, TEXTS, 12, shard_size=4, desc=None,
+                                 as_table=True)
+    assert table.shape == (10, 32) and [len(s) for s in table.shards] == [4, 4, 2]
+    assert all(isinstance(s, np.memmap) for s in table.shards)
+    np.testing.assert_array_equal(np.asarray(table), whole)
+    np.testing.assert_array_equal(table.take(np.array([[9, 0], [4, 3]])), whole[[[9, 0], [4, 3]]])
+
+
+def test_shards_of_the_older_npz_layout_are_still_read(model, tmp_path, monkeypatch):
+  fn, params, tok = model
+  ids = [f"d{i}" for i in range(len(TEXTS))]
+  key = {"model": enc.params_fingerprint(params)}
+  _, first = enc.encode_cached(tmp_path, key, fn, params, tok, ids, TEXTS, 12, shard_size=4, desc=None)
+  for emb in tmp_path.glob("*/shard_*[0-9].npy"):  # Rewrite each shard as the old layout wrote it.
+    np.savez(emb.with_suffix(".npz"), ids=np.load(emb.with_name(emb.stem + ".ids.npy")), embeddings=np.load(emb))
+    emb.unlink()
+    emb.with_name(emb.stem + ".ids.npy").unlink()
+  monkeypatch.setattr(enc, "encode", lambda *a, **k: pytest.fail("a legacy shard was re-encoded"))
+  _, again = enc.encode_cached(tmp_path, key, fn, params, tok, ids, TEXTS, 12, shard_size=4, desc=None, as_table=True)
+  np.testing.assert_array_equal(np.asarray(again), first)
 
 
 def test_bad_inputs(model):

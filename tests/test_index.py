@@ -74,6 +74,22 @@ def test_exact_ties_resolve_to_lower_index():
   np.testing.assert_array_equal(scores, ref_s.astype(np.float32))
 
 
+@pytest.mark.parametrize("devices", [1, 2, 8])
+def test_exact_search_over_devices_equals_one_device_ties_included(devices):
+  import jax
+  from edistill import mesh as mesh_lib
+  rng = np.random.default_rng(4)
+  base = rng.integers(-2, 3, size=(70, 4)).astype(np.float32)  # Exact scores, many ties across devices.
+  docs = np.concatenate([base, base[::-1], base[:33]])  # 173 rows: ragged over every device count.
+  queries = rng.integers(-2, 3, size=(11, 4)).astype(np.float32)
+  mesh = mesh_lib.make_mesh({"data": devices}, jax.devices()[:devices])
+  idx, scores = index_lib.exact_search(queries, docs, 40, query_batch=4, doc_batch=16, mesh=mesh)
+  ref_i, ref_s = reference_topk(queries, docs, 40)
+  np.testing.assert_array_equal(idx, ref_i)
+  np.testing.assert_array_equal(scores, ref_s.astype(np.float32))
+  assert mesh.size == devices and len(jax.devices()) == 8
+
+
 def test_bad_inputs_raise_clear_errors(corpus):
   docs = np.zeros((10, 4), np.float32)
   with pytest.raises(ValueError, match="dimension mismatch"):

@@ -59,6 +59,7 @@ def test_unknown_preset_argument_is_named(tmp_path):
     ("train.batch_size", 1, "config.train.batch_size=1"),
     ("querygen.ratio", 1.0, "config.querygen.ratio=1.0"),
     ("teacher.mode", "telepathic", "config.teacher.mode='telepathic'"),
+    ("teacher.table_dtype", "int4", "config.teacher.table_dtype='int4'"),
     ("student.dropout", 1.0, "config.student.dropout=1.0"),
     ("data.unlabeled_pool", "everything", "config.data.unlabeled_pool='everything'"),
     ("data.unlabeled_path", "q.jsonl", "config.data.unlabeled_path"),  # Only when a pool is chosen, below.

@@ -9,7 +9,7 @@ from edistill.models.dual_encoder import DualEncoder
 from edistill.train import grad_cache, state as state_lib
 from edistill.objective import LossConfig, compute_loss, loss_from_embeddings
 from edistill.train.step import train_step
-from tests.test_train import ALL_TERMS, _batch, _run, _setup, _teacher_params, _without_key_bias
+from tests.test_train import ALL_TERMS, _batch, _run, _setup, _teacher_inputs, _without_key_bias
 
 ASYM = LossConfig(label=1.0, score=1.0, query_emb=1.0)
 
@@ -42,7 +42,7 @@ def _assert_trees_close(a, b, tol) -> float:
 def test_grad_cache_gives_the_plain_loss_and_gradients(fixtures, kind, cfg, chunks):
   batch = _batch(3)
   student, params, teacher, tparams = _setup(fixtures, kind)
-  tp = _teacher_params(teacher, tparams, batch, "precomputed")
+  tp, batch = _teacher_inputs(teacher, tparams, batch, "precomputed")
   rng = jax.random.key(5)
   plain_fn = jax.jit(jax.value_and_grad(
       lambda p: compute_loss(p, tp, batch, rng, student=student, teacher=teacher, cfg=cfg, deterministic=True),
@@ -81,7 +81,7 @@ def test_sharded_grad_cache_step_equals_the_plain_step(fixtures):
   batch, cfg = _batch(), ALL_TERMS
   student, params, teacher, tparams = _setup(fixtures, "untied")
   student = _no_dropout(student)
-  tp = _teacher_params(teacher, tparams, batch, "precomputed")
+  tp, batch = _teacher_inputs(teacher, tparams, batch, "precomputed")
   p_plain, m_plain = _run(student, params, teacher, tp, batch, cfg, jax.devices())
   p_gc, m_gc = _run(student, params, teacher, tp, batch, cfg, jax.devices(), grad_cache_chunk=2)
   for a, b in zip(m_plain, m_gc):
@@ -95,7 +95,7 @@ def test_sharded_grad_cache_step_equals_the_plain_step(fixtures):
 def test_bfloat16_compute_is_close_to_float32_and_keeps_float32_params(fixtures):
   batch = _batch(4)
   student, params, teacher, tparams = _setup(fixtures, "asymmetric")
-  tp = _teacher_params(teacher, tparams, batch, "precomputed")
+  tp, batch = _teacher_inputs(teacher, tparams, batch, "precomputed")
   losses = {}
   for dtype in (jnp.float32, jnp.bfloat16):
     s = _variant(student, dtype=dtype)
@@ -118,7 +118,7 @@ def test_bfloat16_compute_is_close_to_float32_and_keeps_float32_params(fixtures)
 def test_layer_remat_gives_the_same_loss_and_gradients(fixtures):
   batch = _batch(5)
   student, params, teacher, tparams = _setup(fixtures, "asymmetric")
-  tp = _teacher_params(teacher, tparams, batch, "precomputed")
+  tp, batch = _teacher_inputs(teacher, tparams, batch, "precomputed")
   out = {}
   for remat in (False, True):
     s = _variant(student, remat=remat)

@@ -46,18 +46,25 @@ def _setup(fixtures, kind="asymmetric", teacher_mode="precomputed"):
   return student, params, teacher, tparams
 
 
-def _teacher_params(teacher, tparams, batch, mode):
-  if mode == "online":
-    return {"encoder": tparams}
-  # Precomputed tables holding exactly the embeddings the online teacher would compute.
+def _teacher_tables(teacher, tparams, batch, rows=64):
+  """Precomputed tables [rows, Dt] holding exactly the embeddings the online teacher computes for the
+  batch's rows (zeros elsewhere)."""
   online = teachers.Teacher(teacher.encoder, "online")
   tq = np.asarray(online.query_embeddings({"encoder": tparams}, batch))
   td = np.asarray(online.doc_embeddings({"encoder": tparams}, batch))
-  queries = np.zeros((64, tq.shape[1]), np.float32)
-  docs = np.zeros((64, td.shape[1]), np.float32)
+  queries = np.zeros((rows, tq.shape[1]), np.float32)
+  docs = np.zeros((rows, td.shape[1]), np.float32)
   queries[batch["query_index"]] = tq
   docs[batch["doc_index"].reshape(-1)] = td
   return {"queries": queries, "docs": docs}
+
+
+def _teacher_inputs(teacher, tparams, batch, mode):
+  """(what the step gets as teacher_params, the batch with the teacher's host inputs), as the loop
+  builds them (``loop.device_teacher_params`` / ``loop.host_batch``)."""
+  t = teachers.Teacher(teacher.encoder, mode, teacher.table_dtype)
+  host = {"encoder": tparams} if mode == "online" else _teacher_tables(teacher, tparams, batch)
+  return t.device_params(host), {**batch, **t.host_inputs(host, batch)}
 
 
 ALL_TERMS = LossConfig(label=1.0, score=0.7, margin_mse=0.3, query_emb=0.5, doc_emb=0.4)
@@ -100,7 +107,7 @@ def test_sharded_step_equals_single_device_step(fixtures, kind, cfg):
   assert len(jax.devices()) == 8
   batch = _batch()
   student, params, teacher, tparams = _setup(fixtures, kind)
-  tp = _teacher_params(teacher, tparams, batch, "precomputed")
+  tp, batch = _teacher_inputs(teacher, tparams, batch, "precomputed")
   p1, m1 = _run(student, params, teacher, tp, batch, cfg, jax.devices()[:1])
   p8, m8 = _run(student, params, teacher, tp, batch, cfg, jax.devices())
   for a, b in zip(m1, m8):
@@ -119,8 +126,9 @@ def test_online_and_precomputed_teachers_give_the_same_loss(fixtures):
   out = {}
   for mode in ("online", "precomputed"):
     t = teachers.Teacher(teacher.encoder, mode)
-    out[mode] = compute_loss(params, _teacher_params(t, tparams, batch, mode), batch, rng, student=student,
-                             teacher=t, cfg=LossConfig(label=1.0, score=1.0, query_emb=1.0), deterministic=True)
+    tp, b = _teacher_inputs(t, tparams, batch, mode)
+    out[mode] = compute_loss(params, tp, b, rng, student=student, teacher=t,
+                             cfg=LossConfig(label=1.0, score=1.0, query_emb=1.0), deterministic=True)
   np.testing.assert_allclose(out["online"][0], out["precomputed"][0], rtol=1e-6)
 
 
@@ -249,7 +257,8 @@ def test_teacher_negatives_are_the_mined_ones_in_the_training_examples(tmp_path,
   cfg.data.num_hard_negatives, cfg.data.teacher_negatives = 2, 6
   setup = recipes.build(cfg)
   ex, tables = setup.pipe.examples, setup.teacher_params
-  mined = mining.teacher_negatives(tables["queries"], tables["docs"], setup.pipe.positives, 6)
+  mined = mining.teacher_negatives(np.asarray(tables["queries"]), np.asarray(tables["docs"]),
+                                   setup.pipe.positives, 6)
   assert ex.docs.shape[1] == 3 and sum(map(len, mined.values())) > 0
   for q, negs in zip(ex.query, ex.docs[:, 1:]):
     pool = mined[int(q)]
@@ -299,6 +308,11 @@ def test_resume_after_kill_ends_with_the_same_parameters(tmp_path, tiny_models, 
   jax.tree.map(np.testing.assert_array_equal, a.opt_state, b.opt_state)
 
 
+def _nan_teacher_rows(batch):
+  """The batch with its precomputed teacher rows (what the loop gathered from the tables) turned NaN."""
+  return {**batch, "teacher_query": batch["teacher_query"] * jnp.nan, "teacher_doc": batch["teacher_doc"] * jnp.nan}
+
+
 def test_nan_mid_training_stops_with_the_step_range_and_keeps_the_last_good_checkpoint(
     tmp_path, tiny_models, isolated_cache, monkeypatch):
   cfg = _config(tiny_models, steps=8, checkpoint_every=2, log_every=1)
@@ -311,7 +325,7 @@ def test_nan_mid_training_stops_with_the_step_range_and_keeps_the_last_good_chec
     def step(state, teacher_params, batch):
       calls["n"] += 1
       if calls["n"] >= 3:  # Bad data arrives in the third step.
-        teacher_params = jax.tree.map(lambda t: t * jnp.nan, teacher_params)
+        batch = _nan_teacher_rows(batch)
       return fn(state, teacher_params, batch)
     return step
 
@@ -335,7 +349,7 @@ def test_config_json_is_written_once_training_runs_and_not_by_a_nan_first_step(
 
   def poisoned(*args, **kw):
     fn = real_jit(*args, **kw)
-    return lambda state, teacher_params, batch: fn(state, jax.tree.map(lambda t: t * jnp.nan, teacher_params), batch)
+    return lambda state, teacher_params, batch: fn(state, teacher_params, _nan_teacher_rows(batch))
 
   monkeypatch.setattr(embed_distill, "jit_train_step", poisoned)
   with pytest.raises(loop.NonFiniteLossError, match=r"loss is nan at a step in \(0, 1\]"):
@@ -381,6 +395,59 @@ def test_pseudo_labels_are_the_teacher_top1_documents():
     embed_distill.pseudo_labeled(data, ["q0"], ["x"], queries[:1], docs)
 
 
+def test_train_step_device_inputs_do_not_grow_with_the_corpus(tmp_path, tiny_models, isolated_cache, monkeypatch):
+  # What the loop hands the jitted step (teacher params and batch) must be O(batch): a precomputed
+  # teacher's tables stay on the host and only the batch's rows travel.
+  real_jit = embed_distill.jit_train_step
+  seen = []
+
+  def recording(*args, **kw):
+    fn = real_jit(*args, **kw)
+
+    def step(state, teacher_params, batch):
+      seen.append(jax.tree.map(lambda x: (x.shape, str(x.dtype)), (teacher_params, batch)))
+      return fn(state, teacher_params, batch)
+    return step
+
+  monkeypatch.setattr(embed_distill, "jit_train_step", recording)
+  inputs, rows = {}, {}
+  for corpus, unlabeled in ((150, 0), (300, 40)):
+    cfg = _config(tiny_models, steps=1)
+    cfg.data.corpus_size, cfg.data.unlabeled_queries = corpus, unlabeled
+    rows[corpus] = {k: v.shape[0] for k, v in recipes.build(cfg).teacher_params.items()}
+    seen.clear()
+    recipes.train(cfg, tmp_path / str(corpus))
+    inputs[corpus] = seen[0]
+  assert rows[300]["docs"] == 2 * rows[150]["docs"] and rows[300]["queries"] > rows[150]["queries"]
+  assert inputs[150][0] is None and "teacher_doc" in inputs[150][1]  # No table on the device; rows in the batch.
+  assert inputs[150] == inputs[300]
+
+
+def test_bfloat16_teacher_rows_halve_their_bytes_and_keep_the_loss_close(fixtures):
+  batch = _batch(6)
+  student, params, teacher, tparams = _setup(fixtures, "asymmetric")
+  cfg = LossConfig(label=1.0, score=1.0, query_emb=1.0)
+  out = {}
+  for dtype in ("float32", "bfloat16"):
+    t = teachers.Teacher(teacher.encoder, "precomputed", dtype)
+    tp, b = _teacher_inputs(t, tparams, batch, "precomputed")
+    out[dtype] = (b["teacher_doc"].nbytes, float(compute_loss(params, tp, b, jax.random.key(0), student=student,
+                                                              teacher=t, cfg=cfg, deterministic=True)[0]))
+  assert out["bfloat16"][0] * 2 == out["float32"][0]
+  rel = abs(out["bfloat16"][1] - out["float32"][1]) / out["float32"][1]
+  assert 0 < rel < 1e-2, out
+  with pytest.raises(ValueError, match="table dtype 'int8'"):
+    teachers.Teacher(teacher.encoder, "precomputed", "int8")
+
+
+def test_a_batch_without_the_precomputed_rows_fails_naming_them(fixtures):
+  batch = _batch(6)
+  student, params, teacher, tparams = _setup(fixtures, "asymmetric")
+  with pytest.raises(ValueError, match="'teacher_query' are not in the batch.*host_inputs"):
+    compute_loss(params, None, batch, jax.random.key(0), student=student, teacher=teacher,
+                 cfg=LossConfig(label=1.0, score=1.0, query_emb=1.0), deterministic=True)
+
+
 def test_unlabeled_queries_join_training_with_teacher_rows(tmp_path, tiny_models, isolated_cache):
   cfg = _config(tiny_models, steps=1)
   base = recipes.build(cfg)
@@ -388,10 +455,11 @@ def test_unlabeled_queries_join_training_with_teacher_rows(tmp_path, tiny_models
   more = recipes.build(cfg)
   assert len(more.pipe.examples) == len(base.pipe.examples) + 40
   assert more.teacher_params["queries"].shape[0] == len(more.pipe.queries) == len(base.pipe.queries) + 40
-  np.testing.assert_array_equal(more.teacher_params["queries"][:len(base.pipe.queries)], base.teacher_params["queries"])
+  np.testing.assert_array_equal(more.teacher_params["queries"][:len(base.pipe.queries)],
+                                np.asarray(base.teacher_params["queries"]))
   # Each unlabeled query's positive is its teacher's best document.
   new = more.pipe.examples.query >= len(base.pipe.queries)
-  scores = more.teacher_params["queries"][more.pipe.examples.query[new]] @ more.teacher_params["docs"].T
+  scores = more.teacher_params["queries"][more.pipe.examples.query[new]] @ np.asarray(more.teacher_params["docs"]).T
   np.testing.assert_array_equal(more.pipe.examples.docs[new, 0], scores.argmax(1))
   assert np.isfinite(recipes.train(cfg, tmp_path)["loss"])
 
@@ -414,10 +482,10 @@ def test_an_extra_unlabeled_file_joins_after_the_pool_as_its_own_cached_table(tm
   assert encoded == [[extra[k] for k in sorted(extra)]]  # Only the extra: the pool's table is a cache hit.
   n = len(pooled.data.query_ids)
   assert more.data.query_ids[n:] == sorted(extra) and more.data.query_texts[n:] == [extra[k] for k in sorted(extra)]
-  np.testing.assert_array_equal(more.teacher_params["queries"][:n], pooled.teacher_params["queries"])
+  np.testing.assert_array_equal(more.teacher_params["queries"][:n], np.asarray(pooled.teacher_params["queries"]))
   new = more.pipe.examples.query >= n
   assert new.sum() == 3
-  scores = more.teacher_params["queries"][more.pipe.examples.query[new]] @ more.teacher_params["docs"].T
+  scores = more.teacher_params["queries"][more.pipe.examples.query[new]] @ np.asarray(more.teacher_params["docs"]).T
   np.testing.assert_array_equal(more.pipe.examples.docs[new, 0], scores.argmax(1))
   beir.write_queries(tmp_path / "clash.jsonl", {pooled.data.query_ids[0]: "a query id training already has"})
   cfg.data.unlabeled_extra = str(tmp_path / "clash.jsonl")

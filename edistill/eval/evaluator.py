@@ -41,13 +41,16 @@ def count_params(*trees) -> int:
 
 
 def dense_scores(query_emb: np.ndarray, doc_emb: np.ndarray, data, k: int = 100, scann: bool = False,
-                 scann_overrides: dict | None = None, metrics: Sequence[str] = METRICS) -> dict[str, Any]:
+                 scann_overrides: dict | None = None, metrics: Sequence[str] = METRICS,
+                 multihost: bool = False) -> dict[str, Any]:
   """Metrics of exact top-k search (and ScaNN's, prefixed ``scann/``, with its recall vs exact), and
-  the exact search's per-query MRR@10 under ``PER_QUERY``."""
+  the exact search's per-query MRR@10 under ``PER_QUERY``. Exact search runs on every local device
+  (``multihost``: every process calls together, each searching its share of the queries); ScaNN
+  runs on each host over the whole corpus."""
   _check_finite_rows(query_emb, data.query_ids, "query")
   _check_finite_rows(doc_emb, data.doc_ids, "document")
   k = min(k, len(data.doc_ids))
-  exact_idx, exact_scores = index_lib.exact_search(query_emb, doc_emb, k)
+  exact_idx, exact_scores = index_lib.exact_search(query_emb, doc_emb, k, multihost=multihost)
   run = metrics_lib.run_from_topk(data.query_ids, data.doc_ids, np.asarray(exact_idx), np.asarray(exact_scores))
   out = _scores(run, data.qrels, metrics)
   if scann:
@@ -75,20 +78,30 @@ def _check_finite_rows(emb: np.ndarray, ids: Sequence[str], what: str) -> None:
                              f"{what} id {ids[bad[0]]!r} (row {bad[0]}); check the model's parameters.")
 
 
+def _encoder(multihost: bool):
+  return encode_lib.encode_across_processes if multihost else encode_lib.encode
+
+
+def encode_queries(model: DenseModel, data, max_query_length: int, mesh=None, multihost: bool = False) -> np.ndarray:
+  """[Q, D] query embeddings (``multihost``: split across the processes, every process calling)."""
+  return _encoder(multihost)(model.query_fn, model.query_params, model.query_tokenizer, data.query_texts,
+                             max_query_length, mesh=mesh, desc=f"{model.name} queries")
+
+
 def embed(model: DenseModel, data, max_query_length: int, max_doc_length: int, cache_dir: str | os.PathLike | None,
-          mesh=None) -> tuple[np.ndarray, np.ndarray]:
-  """(query [Q, D], document [N, D]) embeddings; documents cached on disk when ``cache_dir`` is set."""
-  q = encode_lib.encode(model.query_fn, model.query_params, model.query_tokenizer, data.query_texts,
-                        max_query_length, mesh=mesh, desc=f"{model.name} queries")
+          mesh=None, multihost: bool = False) -> tuple[np.ndarray, np.ndarray]:
+  """(query [Q, D], document [N, D]) embeddings; documents cached on disk when ``cache_dir`` is set.
+  ``multihost``: every process calls this together and the encodings are split across them."""
+  q = encode_queries(model, data, max_query_length, mesh, multihost)
   if model.doc_fn is None:
     return q, model.doc_embeddings
   kw = dict(mesh=mesh, desc=f"{model.name} documents")
   if cache_dir is None:
-    d = encode_lib.encode(model.doc_fn, model.doc_params, model.doc_tokenizer, data.doc_texts, max_doc_length, **kw)
+    d = _encoder(multihost)(model.doc_fn, model.doc_params, model.doc_tokenizer, data.doc_texts, max_doc_length, **kw)
   else:
     key = {"model": encode_lib.params_fingerprint(model.doc_params), "fn": model.name}
     _, d = encode_lib.encode_cached(cache_dir, key, model.doc_fn, model.doc_params, model.doc_tokenizer,
-                                    data.doc_ids, data.doc_texts, max_doc_length, **kw)
+                                    data.doc_ids, data.doc_texts, max_doc_length, multihost=multihost, **kw)
   return q, d
 
 

@@ -73,6 +73,7 @@ class Context:
   scann: bool
   metrics: tuple[str, ...]
   student_params: dict | None = None
+  multihost: bool = False  # Every process evaluates together: encodings and exact search split across them.
   cache_dir: Path = dataclasses.field(default_factory=lambda: Path(zoo.cache_dir()) / "embeddings")
   _teacher: tuple | None = None
   _student: zoo.Pretrained | None = None
@@ -88,12 +89,13 @@ class Context:
     if self._teacher is None:
       pre = zoo.load_from_config(self.cfg.teacher)
       docs = encode_lib.encode_pretrained(pre, self.data.doc_ids, self.data.doc_texts, self.cfg.data.max_doc_length,
-                                          self.cache_dir, desc="teacher documents")
+                                          self.cache_dir, desc="teacher documents", multihost=self.multihost)
       self._teacher = pre, docs
     return self._teacher
 
   def dense_row(self, model: evaluator.DenseModel, q: np.ndarray, d: np.ndarray) -> dict[str, Any]:
-    return {**evaluator.dense_scores(q, d, self.data, self.cfg.eval.k, self.scann, metrics=self.metrics),
+    return {**evaluator.dense_scores(q, d, self.data, self.cfg.eval.k, self.scann, metrics=self.metrics,
+                                     multihost=self.multihost),
             "params_m": model.num_params / 1e6,
             "query_ms": evaluator.query_latency_ms(model, self.data.query_texts, self.cfg.data.max_query_length)}
 
@@ -112,14 +114,14 @@ MODELS = Registry("evaluated model")
 def _teacher_row(ctx: Context) -> dict[str, Any]:
   pre, docs = ctx.teacher()
   model = pretrained_model("teacher", pre)
-  q = encode_lib.encode(model.query_fn, model.query_params, pre.tokenizer, ctx.data.query_texts,
-                        ctx.cfg.data.max_query_length, desc="teacher queries")
+  q = evaluator.encode_queries(model, ctx.data, ctx.cfg.data.max_query_length, multihost=ctx.multihost)
   return ctx.dense_row(model, q, docs)
 
 
 def _zero_shot_row(ctx: Context) -> dict[str, Any]:
   model = pretrained_model("student_zero_shot", ctx.student())
-  q, d = evaluator.embed(model, ctx.data, ctx.cfg.data.max_query_length, ctx.cfg.data.max_doc_length, ctx.cache_dir)
+  q, d = evaluator.embed(model, ctx.data, ctx.cfg.data.max_query_length, ctx.cfg.data.max_doc_length, ctx.cache_dir,
+                         multihost=ctx.multihost)
   return ctx.dense_row(model, q, d)
 
 
@@ -131,7 +133,8 @@ def _student_row(ctx: Context) -> dict[str, Any]:
         ckpt_dir, " to evaluate the student from (train first, or set config.eval.checkpoint)")
   docs = ctx.teacher()[1] if cfg.student.kind == "asymmetric" else None
   model = student_model(cfg, ctx.student(), params, docs)
-  q, d = evaluator.embed(model, ctx.data, cfg.data.max_query_length, cfg.data.max_doc_length, None)
+  q, d = evaluator.embed(model, ctx.data, cfg.data.max_query_length, cfg.data.max_doc_length, None,
+                         multihost=ctx.multihost)
   return ctx.dense_row(model, q, d)
 
 
@@ -146,9 +149,10 @@ for _name, _row in (("teacher", _teacher_row), ("student_zero_shot", _zero_shot_
 
 def run(cfg, workdir: str | Path, split: str | None = None, student_params: dict | None = None,
         models=None, scann: bool | None = None, name: str | None = None,
-        metrics: Sequence[str] = report.METRICS) -> dict[str, dict[str, float]]:
+        metrics: Sequence[str] = report.METRICS, multihost: bool = False) -> dict[str, dict[str, float]]:
   """Evaluates ``models`` (default ``cfg.eval.models``, rows in ``MODELS`` order) on ``split``; writes
-  results_<name>.{json,md} (``name`` defaults to the split)."""
+  results_<name>.{json,md} (``name`` defaults to the split). ``multihost``: every process calls this
+  together and the encodings and exact searches are split across them (else each computes all)."""
   workdir = epath.Path(workdir)  # Local or gs://.
   split = split or cfg.eval.split
   models = tuple(models or cfg.eval.models)
@@ -156,7 +160,7 @@ def run(cfg, workdir: str | Path, split: str | None = None, student_params: dict
   if unknown:
     raise ValueError(f"config.eval.models has unknown entries {sorted(unknown)}; expected some of {tuple(MODELS)}.")
   ctx = Context(cfg, workdir, load_split(cfg, split), cfg.eval.scann if scann is None else scann, tuple(metrics),
-                student_params)
+                student_params, multihost and jax.process_count() > 1)
   rows = {m.name: m.row(ctx) for m in MODELS.values() if m.name in models}
   name = name or split
   header = (f"# {cfg.data.source} {split}: {len(ctx.data.query_ids)} queries, {len(ctx.data.doc_ids)} documents\n\n"
@@ -194,7 +198,7 @@ def parse_domain(spec: str) -> tuple[str, dict]:
 
 def run_domains(cfg, workdir: str | Path, domains=None, models=None, scann: bool | None = None,
                 metrics: Sequence[str] = report.METRICS, student_params: dict | None = None,
-                name: str = "cross_domain") -> dict[str, dict[str, dict[str, float]]]:
+                name: str = "cross_domain", multihost: bool = False) -> dict[str, dict[str, dict[str, float]]]:
   """Evaluates ``models`` (default ``cfg.eval.models``) on the test split of each of ``domains``
   (default ``cfg.eval.domains``): results_<domain>_test.{json,md} each, and one table over all of
   them in results_<name>.md. Returns {domain: rows}."""
@@ -213,7 +217,7 @@ def run_domains(cfg, workdir: str | Path, domains=None, models=None, scann: bool
       dcfg.querygen.ratio = 0.0
     logging.info("Cross-domain evaluation on %s", domain)
     out[domain] = run(dcfg, workdir, split="test", student_params=student_params, models=models, scann=scann,
-                      name=f"{domain}_test", metrics=metrics)
+                      name=f"{domain}_test", metrics=metrics, multihost=multihost)
   if jax.process_index() == 0:
     cache.write_text_atomic(epath.Path(workdir) / f"results_{name}.md", report.domains_table(out, cfg.data))
   return out

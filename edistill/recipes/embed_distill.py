@@ -18,7 +18,7 @@ import numpy as np
 from absl import logging
 
 from edistill import cache, distributed, objective, teachers
-from edistill.data import mining, pipeline, querygen, tfds_builders
+from edistill.data import mining, pipeline, querygen, tables as tables_lib, tfds_builders
 from edistill.eval import report, suite
 from edistill.models import zoo
 from edistill.models.dual_encoder import DualEncoder, init_projection
@@ -124,16 +124,16 @@ def with_unlabeled(cfg, data, tpre, tables: dict[str, np.ndarray], multihost: bo
     embs.append(encode(extra_ids, extra_texts, desc="teacher extra unlabeled queries"))
     ids, texts = ids + extra_ids, texts + extra_texts
   emb = np.concatenate(embs)
-  data, _ = pseudo_labeled(data, ids, texts, emb, tables["docs"])
+  data, _ = pseudo_labeled(data, ids, texts, emb, np.asarray(tables["docs"]))
   logging.info("Added %d unlabeled queries (teacher top-1 pseudo-labels)", len(ids))
-  return data, {**tables, "queries": np.concatenate([tables["queries"], emb])}
+  return data, {**tables, "queries": tables_lib.as_table(tables["queries"]).concat(emb)}
 
 
 def with_teacher_negatives(data, tables: dict[str, np.ndarray], depth: int):
   """``data`` whose training queries' hard negatives are the teacher's top ``depth`` non-positives
   (``data/mining.py``; they replace a dataset's own for those queries). Every process mines the same."""
   positives = pipeline.relevant_docs(data.qrels, data.query_ids, data.doc_ids)
-  mined = mining.teacher_negatives(tables["queries"], tables["docs"], positives, depth)
+  mined = mining.teacher_negatives(np.asarray(tables["queries"]), np.asarray(tables["docs"]), positives, depth)
   hard = {data.query_ids[q]: [data.doc_ids[d] for d in docs] for q, docs in mined.items()}
   logging.info("Mined %d teacher hard negatives for %d queries (depth %d)", sum(map(len, hard.values())), len(hard),
                depth)
@@ -159,10 +159,13 @@ def optimizer(tc):
 
 
 def student_pipeline(cfg, data, tokenizer, process_index: int, process_count: int) -> pipeline.Pipeline:
+  """Document tokens only where something encodes documents in the step (a student's document tower,
+  an online teacher)."""
+  doc_tokens = cfg.student.kind != "asymmetric" or cfg.teacher.mode == "online" or cfg.teacher.kind == "cross"
   return pipeline.from_retrieval_set(
       data, tokenizer, tokenizer, cfg.data.max_query_length, cfg.data.max_doc_length,
       cfg.train.batch_size, cfg.data.num_hard_negatives, cfg.seed, process_index, process_count,
-      cfg.data.bucket_window, cfg.data.pad_multiple)
+      cfg.data.bucket_window, cfg.data.pad_multiple, doc_tokens=doc_tokens)
 
 
 def build(cfg, process_index: int = 0, process_count: int = 1, multihost: bool = False) -> loop.Setup:
@@ -180,7 +183,7 @@ def build(cfg, process_index: int = 0, process_count: int = 1, multihost: bool =
   teacher, teacher_params = None, None
   if loss.needs_teacher() or kind == "asymmetric":
     tpre = distributed.process0_first_if(multihost, lambda: zoo.load_from_config(cfg.teacher), "teacher")
-    teacher = teachers.Teacher(tpre.module, cfg.teacher.mode)
+    teacher = teachers.Teacher(tpre.module, cfg.teacher.mode, cfg.teacher.get("table_dtype", "float32"))
     if cfg.teacher.mode == "online":
       if tpre.tokenizer.get_vocab() != student_pre.tokenizer.get_vocab():
         raise ValueError(f"config.teacher.mode='online' needs the student's tokenizer, but {cfg.teacher.name} and "
@@ -189,7 +192,8 @@ def build(cfg, process_index: int = 0, process_count: int = 1, multihost: bool =
       t_dim = tpre.module.output_dim
     else:
       emb_cache = Path(zoo.cache_dir()) / "embeddings"
-      kw = dict(batch_size=cfg.teacher.batch_size, multihost=multihost)
+      # Memory-mapped: training gathers its batch's rows on the host (teachers.Teacher.host_inputs).
+      kw = dict(batch_size=cfg.teacher.batch_size, multihost=multihost, as_table=True)
       tables = {
           "queries": encode_lib.encode_pretrained(tpre, data.query_ids, data.query_texts, cfg.data.max_query_length,
                                                   emb_cache, desc="teacher queries", **kw),
@@ -205,7 +209,8 @@ def build(cfg, process_index: int = 0, process_count: int = 1, multihost: bool =
     if cfg.student.projection_init == "lstsq" and cfg.teacher.mode == "precomputed":
       query_init = lambda: lstsq_projection(encode_lib.encode_pretrained(
           student_pre, data.query_ids, data.query_texts, cfg.data.max_query_length,
-          Path(zoo.cache_dir()) / "embeddings", desc="student queries", multihost=multihost), teacher_params["queries"])
+          Path(zoo.cache_dir()) / "embeddings", desc="student queries", multihost=multihost),
+          np.asarray(teacher_params["queries"]))
     add_projections(params, student_pre.module.output_dim, t_dim, jax.random.key(cfg.seed + 1),
                     query=kind == "asymmetric" or bool(loss.query_emb), doc=bool(loss.doc_emb), query_init=query_init)
   pipe = student_pipeline(cfg, data, student_pre.tokenizer, process_index, process_count)
@@ -215,8 +220,9 @@ def build(cfg, process_index: int = 0, process_count: int = 1, multihost: bool =
 
 
 def results(cfg, workdir) -> str:
-  """The retrieval table of ``cfg.eval.models`` on ``cfg.eval.split`` (``eval/suite.py``)."""
-  return report.results_table(suite.run(cfg, workdir))
+  """The retrieval table of ``cfg.eval.models`` on ``cfg.eval.split`` (``eval/suite.py``); every process
+  calls it together, splitting the encodings and searches."""
+  return report.results_table(suite.run(cfg, workdir, multihost=jax.process_count() > 1))
 
 
 registry.register(registry.Recipe("embed_distill", build, "retrieval", results))

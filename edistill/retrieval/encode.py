@@ -1,16 +1,21 @@
 """Batched, jitted, sharded encoding of corpora and queries, cached to disk as id-tagged shards.
 
 Texts are tokenised once, sorted by length and encoded in length-bucketed batches (a few static
-shapes, little padding), then put back in input order. With a mesh, each batch is split over the
-``data`` axis. ``encode_cached`` writes ``shard_00000.npz`` ... (``ids`` and ``embeddings``) under a
-directory named by a key of (model parameters, texts, max length, head): a rerun reuses it, an
-interrupted run resumes at the first missing shard, and any change of model or corpus gets a new key.
+shapes, little padding), then put back in input order. Each batch is split over the ``data`` axis of
+a mesh, by default every local device (``mesh_lib.local_mesh``). ``encode_cached`` writes
+``shard_00000.npy`` (the float32 embeddings) and ``shard_00000.ids.npy`` (their ids, written last: a
+shard without them is not cached) ... under a directory named by a key of (model parameters, texts,
+max length, head): a rerun reuses it, an interrupted run resumes at the first missing shard, and any
+change of model or corpus gets a new key. ``as_table=True`` returns a ``data.tables.RowTable`` of
+memory-mapped shards instead of one array, so a caller that reads rows (training) never holds the
+table in RAM. (Shards of the older ``shard_00000.npz`` layout are still read, into RAM.)
 
 Multi-host (``multihost=True``, every process calling together): each missing shard is split over the
-processes in contiguous blocks (``process_rows``), each process encodes its own block, and the
-zero-padded blocks are all-gathered (``process_allgather`` needs equal shapes) and stripped
-(``reassemble``), so every process holds the same [N, D] table. A shard counts as cached only if
-every process can read it (else all re-encode it together); only process 0 writes the cache.
+processes in contiguous blocks (``process_rows``), each process encodes its own block on all its
+local devices, and the zero-padded blocks are all-gathered (``process_allgather`` needs equal
+shapes) and stripped (``reassemble``), so every process holds the same [N, D] table. A shard counts
+as cached only if every process can read it (else all re-encode it together). Process 0 writes it;
+a process that still cannot see it after a barrier (a per-host disk, as on TPU VMs) writes its own.
 """
 from __future__ import annotations
 
@@ -31,6 +36,7 @@ from tqdm.auto import tqdm
 
 from edistill import distributed, mesh as mesh_lib, xla_options
 from edistill.cache import atomic_file, content_key, texts_fingerprint
+from edistill.data import tables as tables_lib
 from edistill.models import tokenization
 
 EncodeFn = Callable[[Any, np.ndarray, np.ndarray], jax.Array]  # (params, ids, mask) -> [B, D]
@@ -63,16 +69,19 @@ def module_fingerprint(module) -> str:
 
 def encode(fn: EncodeFn, params, tokenizer, texts: Sequence[str], max_length: int, batch_size: int = 128,
            bucket: int = 16, mesh: Mesh | None = None, desc: str | None = "encode") -> np.ndarray:
-  """Embeddings of ``texts`` in input order: float32 [N, D]."""
+  """Embeddings of ``texts`` in input order: float32 [N, D]. ``mesh``: the devices each batch is split
+  over (its ``data`` axis); default every local device."""
   if not len(texts):
     raise ValueError("nothing to encode: empty list of texts.")
   lengths = np.array([len(x) for x in tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]])
   order = np.argsort(lengths, kind="stable")
-  if mesh is not None:
+  mesh = mesh if mesh is not None else mesh_lib.local_mesh()
+  batch_sh = None
+  if mesh.size > 1:
     n = mesh.shape["data"]
     batch_size = -(-batch_size // n) * n  # Divisible by the data axis.
-    fn = xla_options.inference_jit(fn, in_shardings=(mesh_lib.replicated(mesh), mesh_lib.batch_sharding(mesh),
-                                                     mesh_lib.batch_sharding(mesh)))
+    batch_sh = mesh_lib.batch_sharding(mesh)
+    fn = xla_options.inference_jit(fn, in_shardings=(mesh_lib.replicated(mesh), batch_sh, batch_sh))
     params = jax.device_put(params, mesh_lib.replicated(mesh))
   else:
     fn = xla_options.inference_jit(fn)
@@ -83,6 +92,8 @@ def encode(fn: EncodeFn, params, tokenizer, texts: Sequence[str], max_length: in
     batch = tokenization.tokenize(tokenizer, [texts[i] for i in idx], max_length, bucket)
     pad = batch_size - len(idx)  # Keep the batch dimension static: pad the last batch with copies.
     ids, mask = (np.concatenate([batch[k], np.repeat(batch[k][:1], pad, 0)]) for k in ("input_ids", "attention_mask"))
+    if batch_sh is not None:  # Placed explicitly: a jit may not shard host arrays itself on a pod.
+      ids, mask = jax.device_put((ids, mask), batch_sh)
     out.append(np.asarray(fn(params, ids, mask))[:len(idx)])
   emb = np.concatenate(out).astype(np.float32)
   result = np.empty_like(emb)
@@ -126,21 +137,41 @@ def encode_across_processes(fn: EncodeFn, params, tokenizer, texts: Sequence[str
   return reassemble(np.asarray(gathered), n)
 
 
-def _read_shard(path: Path, chunk_ids: list[str]) -> np.ndarray | None:
-  """The embeddings of a cache shard whose ids are ``chunk_ids``; None if it is missing or stale."""
-  if not path.is_file():
+def _shard_paths(root: Path, s: int) -> tuple[Path, Path]:
+  return root / f"shard_{s:05d}.npy", root / f"shard_{s:05d}.ids.npy"
+
+
+def _read_shard(root: Path, s: int, chunk_ids: list[str]) -> np.ndarray | None:
+  """Shard ``s`` of the cache at ``root`` if its ids are ``chunk_ids`` (memory-mapped, read-only);
+  None if it is missing or stale."""
+  emb, ids = _shard_paths(root, s)
+  if ids.is_file() and emb.is_file():
+    if np.load(ids).tolist() == chunk_ids:
+      return tables_lib.open_rows(emb)
+  elif (legacy := root / f"shard_{s:05d}.npz").is_file():
+    with np.load(legacy) as z:
+      if list(z["ids"]) == chunk_ids:
+        return z["embeddings"]
+  else:
     return None
-  with np.load(path) as z:
-    if list(z["ids"]) == chunk_ids:
-      return z["embeddings"]
-  logging.warning("%s does not match its ids; re-encoding it.", path)
+  logging.warning("shard %d of %s does not match its ids; re-encoding it.", s, root)
   return None
+
+
+def _write_shard(root: Path, s: int, chunk_ids: list[str], emb: np.ndarray) -> None:
+  """Atomic, embeddings first: a killed run leaves no ids file, so the shard reads as missing."""
+  emb_path, ids_path = _shard_paths(root, s)
+  with atomic_file(emb_path) as tmp:
+    np.save(tmp, emb)
+  with atomic_file(ids_path) as tmp:
+    np.save(tmp, np.array(chunk_ids))
 
 
 def encode_cached(cache_dir: str | os.PathLike, key_fields: dict, fn: EncodeFn, params, tokenizer,
                   ids: Sequence[str], texts: Sequence[str], max_length: int, shard_size: int = 50_000,
-                  multihost: bool = False, **kw) -> tuple[list[str], np.ndarray]:
-  """``encode`` with an on-disk cache of id-tagged shards (see module doc); returns (ids, [N, D]).
+                  multihost: bool = False, as_table: bool = False, **kw) -> tuple[list[str], np.ndarray]:
+  """``encode`` with an on-disk cache of id-tagged shards (see module doc); returns (ids, [N, D]), the
+  table a ``RowTable`` of memory-mapped shards with ``as_table``.
 
   ``multihost``: every process calls this together and the encoding is split across them (module doc).
   """
@@ -154,8 +185,7 @@ def encode_cached(cache_dir: str | os.PathLike, key_fields: dict, fn: EncodeFn, 
     with atomic_file(root / "key.json") as tmp:
       tmp.write_text(json.dumps({**key_fields, "max_length": max_length, "count": len(ids)}, indent=2, default=str))
   starts = range(0, len(ids), shard_size)
-  cached = [_read_shard(root / f"shard_{s:05d}.npz", list(ids[start:start + shard_size]))
-            for s, start in enumerate(starts)]
+  cached = [_read_shard(root, s, list(ids[start:start + shard_size])) for s, start in enumerate(starts)]
   hit = np.array([c is not None for c in cached])
   if multihost:  # Cached only where every process can read it: all then skip or encode it together.
     from jax.experimental import multihost_utils
@@ -167,13 +197,19 @@ def encode_cached(cache_dir: str | os.PathLike, key_fields: dict, fn: EncodeFn, 
     if hit[s]:
       shards.append(cached[s])
       continue
-    path = root / f"shard_{s:05d}.npz"
+    chunk_ids = list(ids[start:start + shard_size])
     emb = encode_fn(fn, params, tokenizer, texts[start:start + shard_size], max_length,
                     desc=desc and f"{desc} (shard {s})", **kw)
-    if writer:  # A killed run never leaves a partial shard under the final name.
-      with atomic_file(path) as tmp:
-        np.savez(tmp, ids=np.array(list(ids[start:start + shard_size])), embeddings=emb)
-    shards.append(emb)
+    if writer:
+      _write_shard(root, s, chunk_ids, emb)
+    if multihost:
+      distributed.barrier(f"encode_cached {key} shard {s}")
+      if not writer and not _shard_paths(root, s)[1].is_file():  # Not a shared disk: this host's own copy.
+        _write_shard(root, s, chunk_ids, emb)
+    mapped = _read_shard(root, s, chunk_ids) if as_table else None
+    shards.append(emb if mapped is None else mapped)
+  if as_table:
+    return list(ids), tables_lib.RowTable(shards)
   return list(ids), np.concatenate(shards)
 
 
@@ -182,7 +218,8 @@ def clear(cache_dir: str | os.PathLike) -> None:
 
 
 def encode_pretrained(pre, ids: Sequence[str], texts: Sequence[str], max_length: int, cache_dir, **kw) -> np.ndarray:
-  """A zoo.Pretrained encoder over texts, cached under ``cache_dir`` keyed by its parameters.
+  """A zoo.Pretrained encoder over texts, cached under ``cache_dir`` keyed by its parameters (``kw``:
+  ``encode_cached``'s, e.g. ``as_table=True`` for a memory-mapped ``RowTable``).
 
   Training (teacher tables) and evaluation (teacher documents) share this cache, so each corpus is
   encoded by a given model once. ``multihost=True`` (in ``kw``) splits the encoding across processes.

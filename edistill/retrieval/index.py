@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from edistill import mesh as mesh_lib
+
 CONFIG_FILE = "edistill_index.json"
 
 
@@ -52,9 +54,9 @@ def _check_k(k: int, n_docs: int) -> None:
 # Exact search.
 
 
-@functools.partial(jax.jit, static_argnames=("k", "n_docs"))
-def _exact_chunk(queries: jax.Array, doc_chunks: jax.Array, k: int, n_docs: int):
-  """Top-k of ``queries`` [q, D] over ``doc_chunks`` [C, c, D] (rows >= ``n_docs`` are padding).
+def _topk_scan(queries: jax.Array, doc_chunks: jax.Array, first_chunk, k: int, n_docs: int):
+  """Top-k of ``queries`` [q, D] over ``doc_chunks`` [C, c, D], chunk i holding documents from
+  ``(first_chunk + i) * c`` (rows >= ``n_docs`` are padding) -> (indices int32 [q, k], scores [q, k]).
 
   A running top-k [q, k] is merged with each chunk's scores [q, c]: the running entries come first
   in the concatenation and hold lower document indices, and ``lax.top_k`` keeps the lower position
@@ -73,43 +75,86 @@ def _exact_chunk(queries: jax.Array, doc_chunks: jax.Array, k: int, n_docs: int)
     return (s, i), None
 
   init = (jnp.full((num_q, k), -jnp.inf, jnp.float32), jnp.full((num_q, k), n_docs, jnp.int32))
-  starts = jnp.arange(doc_chunks.shape[0], dtype=jnp.int32) * chunk
+  starts = (first_chunk + jnp.arange(doc_chunks.shape[0], dtype=jnp.int32)) * chunk
   (scores, index), _ = jax.lax.scan(merge, init, (doc_chunks, starts))
   return index, scores
 
 
+@functools.lru_cache(maxsize=16)
+def _searcher(mesh, k: int, n_docs: int):
+  """The jitted search of a query chunk over document chunks sharded over ``mesh``'s ``data`` axis:
+  each device takes the top-k of its own chunks, the per-device lists are all-gathered in device
+  order (lower document indices first, so ties still go to the lower index) and merged."""
+  P = jax.sharding.PartitionSpec
+
+  def local(queries, doc_chunks):
+    first = jax.lax.axis_index("data") * doc_chunks.shape[0]
+    index, scores = _topk_scan(queries, doc_chunks, first, k, n_docs)
+    index, scores = (jax.lax.all_gather(x, "data", axis=1, tiled=True) for x in (index, scores))  # [q, n * k]
+    best, pos = jax.lax.top_k(scores, k)
+    return jnp.take_along_axis(index, pos, axis=1), best
+
+  return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(), P("data")), out_specs=(P(), P()), check_vma=False))
+
+
 def exact_search(queries: np.ndarray, docs: np.ndarray, k: int, query_batch: int = 256,
-                 doc_batch: int = 16384) -> tuple[np.ndarray, np.ndarray]:
-  """Brute-force maximum inner product search.
+                 doc_batch: int = 16384, mesh=None, multihost: bool = False) -> tuple[np.ndarray, np.ndarray]:
+  """Brute-force maximum inner product search, the documents split over every local device.
 
   Args:
     queries: [Q, D] float32.
     docs: [N, D] float32 (finite).
     k: 1 <= k <= N. Any k works with any ``doc_batch`` (the running top-k is merged, not a chunk's).
-    query_batch, doc_batch: chunk sizes; peak extra memory ~ query_batch * (doc_batch + k) floats
-      plus one padded copy of ``docs``. Inputs are zero-padded to whole chunks so one compiled
-      shape serves every chunk.
+    query_batch, doc_batch: chunk sizes; peak extra memory per device ~ query_batch * (doc_batch +
+      n_devices * k) floats plus its share of one padded copy of ``docs``. Inputs are zero-padded to
+      whole chunks so one compiled shape serves every chunk.
+    mesh: the devices the documents are split over (its ``data`` axis); default every local device.
+    multihost: every process calls this together with the same inputs; each searches its block of
+      the queries (``encode.process_rows`` blocks) and the blocks are all-gathered.
   Returns:
     (indices int32 [Q, k], scores float32 [Q, k]), scores descending; equal scores are ordered by
-    ascending document index (deterministic, so exact results are a stable reference).
+    ascending document index (deterministic, so exact results are a stable reference), whatever the
+    number of devices or processes.
   """
   queries, docs = _check_pair(queries, docs, k)
   if not np.isfinite(docs).all():
     raise ValueError("docs contain NaN or inf; their scores would not order.")
+  if multihost and jax.process_count() > 1:
+    return _across_processes(queries, docs, k, query_batch=query_batch, doc_batch=doc_batch, mesh=mesh)
   n_q, n_docs = len(queries), len(docs)
   if n_q == 0:
     return np.zeros((0, k), np.int32), np.zeros((0, k), np.float32)
-  qb, db = min(query_batch, n_q), min(doc_batch, n_docs)
-  n_chunks = -(-n_docs // db)
-  doc_chunks = jnp.pad(jnp.asarray(docs), ((0, n_chunks * db - n_docs), (0, 0))).reshape(n_chunks, db, -1)
+  mesh = mesh if mesh is not None else mesh_lib.local_mesh()
+  n_dev = mesh.shape["data"]
+  qb, db = min(query_batch, n_q), min(doc_batch, -(-n_docs // n_dev))
+  n_chunks = -(-n_docs // (db * n_dev)) * n_dev  # Whole chunks, the same number on every device.
+  doc_chunks = jax.device_put(np.pad(docs, ((0, n_chunks * db - n_docs), (0, 0))).reshape(n_chunks, db, -1),
+                              mesh_lib.batch_sharding(mesh))
+  search = _searcher(mesh, int(k), n_docs)
   out_i, out_s = [], []
   for start in range(0, n_q, qb):
     chunk = queries[start:start + qb]
     padded = np.pad(chunk, ((0, qb - len(chunk)), (0, 0)))
-    index, scores = _exact_chunk(padded, doc_chunks, k=int(k), n_docs=n_docs)
+    index, scores = search(padded, doc_chunks)
     out_i.append(np.asarray(index)[:len(chunk)])
     out_s.append(np.asarray(scores)[:len(chunk)])
   return np.concatenate(out_i), np.concatenate(out_s)
+
+
+def _across_processes(queries: np.ndarray, docs: np.ndarray, k: int, **kw) -> tuple[np.ndarray, np.ndarray]:
+  """``exact_search`` with the queries split over the processes (each on its own devices), gathered."""
+  from jax.experimental import multihost_utils
+  n, p = len(queries), jax.process_count()
+  per = -(-n // p)
+  start, stop = min(jax.process_index() * per, n), min((jax.process_index() + 1) * per, n)
+  if stop > start:
+    index, scores = exact_search(queries[start:stop], docs, k, **kw)
+  else:
+    index, scores = np.zeros((0, k), np.int32), np.zeros((0, k), np.float32)
+  pad = lambda x, fill: np.concatenate([x, np.full((per - len(x), k), fill, x.dtype)])
+  index, scores = (np.asarray(multihost_utils.process_allgather(pad(x, f), tiled=False)).reshape(-1, k)[:n]
+                   for x, f in ((index, 0), (scores, -np.inf)))
+  return index.astype(np.int32), scores.astype(np.float32)
 
 
 def recall_against_exact(approx_indices: np.ndarray, exact_indices: np.ndarray, k: int) -> float:

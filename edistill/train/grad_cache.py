@@ -68,7 +68,7 @@ def value_and_grad(params, batch, rng: jax.Array, *, student, head: Callable, ch
   ``head`` is the loss on embeddings (``step.loss_from_embeddings`` with the teacher bound); the
   rng split matches ``step.compute_loss``. ``chunk`` = queries per chunk (their documents go along).
   """
-  b, c, ld = batch["doc_input_ids"].shape
+  b, c = batch["doc_index"].shape
   if chunk <= 0 or b % chunk:
     raise ValueError(f"GradCache chunk {chunk} must be a positive divisor of the global batch size {b}.")
   n = b // chunk
@@ -78,6 +78,7 @@ def value_and_grad(params, batch, rng: jax.Array, *, student, head: Callable, ch
   q_s = encode_in_chunks(encode_q, params, q_in, q_rng, n)
   d_s = encode_d = d_in = None
   if student.kind != "asymmetric":  # Documents [m, C, Ld] -> [m, C, Ds], chunked with their queries.
+    ld = batch["doc_input_ids"].shape[-1]
     encode_d = lambda p, x, r: student.encode_docs(p, x[0].reshape(-1, ld), x[1].reshape(-1, ld), deterministic,
                                                    r).reshape(x[0].shape[0], c, -1)
     d_in = (batch["doc_input_ids"], batch["doc_attention_mask"])

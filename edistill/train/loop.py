@@ -61,7 +61,7 @@ class Setup:
   pipe: pipeline.Pipeline
   student: DualEncoder
   teacher: teachers.Teacher | None
-  teacher_params: Any
+  teacher_params: Any  # The teacher's host-side params (weights, or tables: ``teachers.Teacher``).
   init_params: Any
   tokenizer: Any
   tx: Any
@@ -76,6 +76,18 @@ def _check_init_from(cfg, ckpt_dir) -> None:
     if not epath.Path(cfg.train.init_from).is_dir():
       raise checkpoint.CheckpointNotFoundError(
           f"config.train.init_from={cfg.train.init_from!r}: init checkpoint directory does not exist.")
+
+
+def device_teacher_params(setup: Setup):
+  """What of the teacher goes on the devices (replicated): an online encoder's weights; never a
+  precomputed table (its rows travel in the batch, ``host_batch``)."""
+  return setup.teacher.device_params(setup.teacher_params) if setup.teacher is not None else None
+
+
+def host_batch(setup: Setup, local: dict) -> dict:
+  """This host's batch with the teacher's host-side inputs merged in (a precomputed teacher's rows of
+  its batch: O(batch) bytes per step, whatever the table size)."""
+  return {**local, **setup.teacher.host_inputs(setup.teacher_params, local)} if setup.teacher is not None else local
 
 
 def train(cfg, workdir: str | Path, build, evaluations=()) -> dict[str, float]:
@@ -98,7 +110,8 @@ def train(cfg, workdir: str | Path, build, evaluations=()) -> dict[str, float]:
   abstract = jax.eval_shape(lambda p: state_lib.create(p, setup.tx, cfg.seed), setup.init_params)
   state_sh = mesh_lib.tree_shardings(abstract, mesh, mesh_lib.rules(cfg.mesh))
   teacher_sh = mesh_lib.replicated(mesh)
-  teacher_params = jax.device_put(setup.teacher_params, teacher_sh) if setup.teacher_params is not None else None
+  teacher_params = device_teacher_params(setup)
+  teacher_params = jax.device_put(teacher_params, teacher_sh) if teacher_params is not None else None
   step_fn = setup.jit_step(state_sh, teacher_sh, batch_sharding)
 
   ckpt = checkpoint.Checkpointer(workdir / "checkpoints", cfg.train.keep_checkpoints, cfg.train.checkpoint_every)
@@ -135,7 +148,7 @@ def train(cfg, workdir: str | Path, build, evaluations=()) -> dict[str, float]:
   try:
     bar = tqdm(total=total, initial=start, desc="train", disable=pid != 0)
     for step, local in zip(range(start, total), setup.pipe.iterate(start)):
-      batch = jax.make_array_from_process_local_data(batch_sharding, local)
+      batch = jax.make_array_from_process_local_data(batch_sharding, host_batch(setup, local))
       state, metrics = step_fn(state, teacher_params, batch)
       done = step + 1
       log_step = done % cfg.train.log_every == 0 or done == total  # Host sync: metrics, and the pod's stop vote.

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+import jax
+
 from edistill.eval import metrics as metrics_lib
 from edistill.eval import report
 from edistill.eval.evaluators import retrieval, rerank, cross_domain  # noqa: F401,I001  The built-ins register themselves.
@@ -88,5 +90,9 @@ def during_training(cfg, workdir, default_type: str) -> list[tuple[str, int, Cal
 
 
 def run_all(cfg, workdir, default_type: str) -> dict[str, dict[str, dict]]:
-  """Every entry of ``specs`` on the workdir's latest checkpoint: {entry: rows}."""
-  return {name: EVALUATORS[spec["type"]].run(cfg, workdir, spec) for name, spec in specs(cfg, default_type).items()}
+  """Every entry of ``specs`` on the workdir's latest checkpoint: {entry: rows}. Every process calls
+  this together (``--mode eval``), so the evaluators split their encodings and searches across them
+  (``spec["multihost"]``); evaluations during training run on process 0 alone, without it."""
+  multihost = jax.process_count() > 1
+  return {name: EVALUATORS[spec["type"]].run(cfg, workdir, {**spec, "multihost": multihost})
+          for name, spec in specs(cfg, default_type).items()}

@@ -7,7 +7,8 @@ from edistill.eval.evaluators import registry
 
 def run(cfg, workdir, spec, params=None) -> dict[str, dict[str, float]]:
   return suite.run(cfg, workdir, split=spec["split"], student_params=params, models=tuple(spec["models"]),
-                   scann=spec["scann"], name=spec.get("name"), metrics=spec["metrics"])
+                   scann=spec["scann"], name=spec.get("name"), metrics=spec["metrics"],
+                   multihost=spec.get("multihost", False))
 
 
 registry.register(registry.Evaluator("retrieval", run, trained="student", models=tuple(suite.MODELS)))
