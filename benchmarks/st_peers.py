@@ -24,8 +24,10 @@ are the config's. Each recipe is trained with ``SentenceTransformerTrainer``:
                        the teacher scores at or above a positive are left out as likely false negatives)
 
 Evaluation: exact dot-product search over the split's corpus (top 100), scored with
-``edistill.eval.metrics`` (MRR@10, R@10, R@100, nDCG@10). Writes ``peers_<split>.md`` / ``.json``
-into ``--out`` (default: the workdir). Needs the `bench` extra (torch, sentence-transformers[train]).
+``edistill.eval.metrics`` (MRR@10, R@10, R@100, nDCG@10). Where the workdir's per-query file also
+holds edistill's distilled ``student``, each row carries the paired bootstrap interval of that
+student's MRR@10 over the peer's (above 1: edistill ahead). Writes ``peers_<split>.md`` / ``.json``
+and the peers' per-query MRR@10 (``peers_per_query_<split>.json``) into ``--out`` (default: the workdir). Needs the `bench` extra (torch, sentence-transformers[train]).
 """
 from __future__ import annotations
 
@@ -95,6 +97,23 @@ def training_columns(setup, recipe: str, negatives_top: int, seed: int) -> dict[
   return {"query": queries, "positive": positives, "negative": negatives, "label": margins}
 
 
+def lstsq_start(setup, cfg, dim: int) -> dict[str, np.ndarray]:
+  """The projection edistill starts an asymmetric student at: the setup's own least-squares fit, or,
+  for a config that trains none (a tied student), the same fit of the zero-shot student's training-query
+  embeddings to the teacher's; identity when the widths already agree."""
+  if "query_projection" in setup.init_params:
+    return setup.init_params["query_projection"]
+  from edistill.models import zoo
+  from edistill.recipes import embed_distill
+  from edistill.retrieval import encode as encode_lib
+  pre = zoo.load_from_config(cfg.student)
+  if pre.module.output_dim == dim:
+    return {"kernel": np.eye(dim, dtype=np.float32), "bias": np.zeros(dim, np.float32)}
+  student = encode_lib.encode_pretrained(pre, setup.data.query_ids, setup.data.query_texts, cfg.data.max_query_length,
+                                         Path(zoo.cache_dir()) / "embeddings", desc="student queries")
+  return embed_distill.lstsq_projection(student, np.asarray(setup.teacher_params["queries"]))
+
+
 def make_loss(recipe: str, model, setup, cfg):
   import torch
   from sentence_transformers.sentence_transformer import losses
@@ -105,9 +124,7 @@ def make_loss(recipe: str, model, setup, cfg):
   dim = setup.teacher_params["queries"].shape[1]
   loss = losses.EmbedDistillLoss(model, distance_metric="l2", projection_dim=dim)
   if recipe == "embed_distill_lstsq":
-    # edistill fits one when the student's width differs from the teacher's; else it starts at identity.
-    proj = setup.init_params.get("query_projection") or {"kernel": np.eye(dim, dtype=np.float32),
-                                                         "bias": np.zeros(dim, np.float32)}
+    proj = lstsq_start(setup, cfg, dim)
     with torch.no_grad():
       loss.projection.weight.copy_(torch.from_numpy(np.asarray(proj["kernel"]).T.copy()))
       loss.projection.bias.copy_(torch.from_numpy(np.asarray(proj["bias"]).copy()))
@@ -169,12 +186,13 @@ def main(_):
   if unknown:
     raise ValueError(f"--recipes {sorted(unknown)}: expected some of {RECIPES}.")
   workdir = Path(F.workdir)
-  teacher_pq = json.loads((workdir / f"per_query_{F.split}.json").read_text())["teacher"]
+  ours = json.loads((workdir / f"per_query_{F.split}.json").read_text())
+  teacher_pq, student_pq = ours["teacher"], ours.get("student")
   out = Path(F.out or workdir)
   out.mkdir(parents=True, exist_ok=True)
   steps = F.steps or cfg.train.steps
   setup = recipes.build(cfg)
-  results = {}
+  results, per_query = {}, {}
   for recipe in F.recipes:
     model, loss, seconds = train(recipe, cfg, setup, steps, out)
     rows, per = evaluate(recipe, model, loss, cfg, F.split)
@@ -182,16 +200,25 @@ def main(_):
     teacher = float(np.mean(list(teacher_pq.values())))
     results[recipe] = {**rows, "teacher_pct": 100 * rows["mrr@10"] / teacher, "teacher_pct_lo": 100 * lo,
                        "teacher_pct_hi": 100 * hi, "train_minutes": seconds / 60, "steps": steps}
+    if student_pq is not None and rows["mrr@10"] > 0:  # edistill's own student of the workdir, paired.
+      lo, hi = metrics.bootstrap_ratio_ci(student_pq, per)
+      ratio = np.mean(list(student_pq.values())) / max(rows["mrr@10"], 1e-12)
+      results[recipe].update(edistill_ratio=float(ratio), edistill_ratio_lo=lo, edistill_ratio_hi=hi)
     print(recipe, json.dumps(results[recipe]), flush=True)
+    per_query[recipe] = per
   lines = [f"sentence-transformers peers, {F.split} split, {steps:,} steps (teacher MRR@10 {teacher:.4f})", "",
-           "| recipe | " + " | ".join(METRICS) + " | % teacher MRR@10 (95 % interval) | training (min) |",
-           "|---" * (len(METRICS) + 3) + "|"]
+           "| recipe | " + " | ".join(METRICS) + " | % teacher MRR@10 (95 % interval) | edistill student / peer "
+           "MRR@10 (95 % interval) | training (min) |",
+           "|---" * (len(METRICS) + 4) + "|"]
   for recipe, r in results.items():
+    ratio = (f"{r['edistill_ratio']:.3f} ({r['edistill_ratio_lo']:.3f}-{r['edistill_ratio_hi']:.3f})"
+             if "edistill_ratio" in r else "")
     lines.append(f"| {recipe} | " + " | ".join(f"{r[m]:.4f}" for m in METRICS)
-                 + f" | {r['teacher_pct']:.1f} ({r['teacher_pct_lo']:.1f}-{r['teacher_pct_hi']:.1f}) | "
+                 + f" | {r['teacher_pct']:.1f} ({r['teacher_pct_lo']:.1f}-{r['teacher_pct_hi']:.1f}) | {ratio} | "
                  f"{r['train_minutes']:.1f} |")
   (out / f"peers_{F.split}.md").write_text("\n".join(lines) + "\n")
   (out / f"peers_{F.split}.json").write_text(json.dumps(results, indent=2))
+  (out / f"peers_per_query_{F.split}.json").write_text(json.dumps(per_query))
   print("\n".join(lines))
 
 

@@ -22,7 +22,7 @@ def test_every_peer_recipe_trains_and_is_scored_against_the_teacher(tmp_path, ti
   # The random tiny teacher may score 0 everywhere (no share): pair against a perfect one instead.
   per_query = tmp_path / "run" / "per_query_test.json"
   teacher = {q: 1.0 for q in json.loads(per_query.read_text())["teacher"]}
-  per_query.write_text(json.dumps({"teacher": teacher}))
+  per_query.write_text(json.dumps({"teacher": teacher, "student": {q: 0.5 for q in teacher}}))
   spec = f"{ROOT / 'configs' / 'ablation.py'}:row=unlab,runlocal"
   overrides = [f"--config.teacher.name={tiny_models['mpnet']}", f"--config.student.name={tiny_models['bert']}",
                "--config.teacher.num_layers=0", "--config.student.num_layers=0", "--config.data.corpus_size=300",
@@ -39,4 +39,7 @@ def test_every_peer_recipe_trains_and_is_scored_against_the_teacher(tmp_path, ti
     assert all(0 <= r[m] <= 1 for m in ("mrr@10", "recall@10", "recall@100", "ndcg@10")), recipe
     assert r["teacher_pct"] == pytest.approx(100 * r["mrr@10"], rel=1e-6), recipe
     assert r["teacher_pct_lo"] <= r["teacher_pct"] <= r["teacher_pct_hi"] and r["steps"] == 3, recipe
+    if r["mrr@10"] > 0:  # edistill's student (0.5 on every query here) over the peer, paired.
+      assert r["edistill_ratio"] == pytest.approx(0.5 / r["mrr@10"], rel=1e-6), recipe
+      assert r["edistill_ratio_lo"] - 1e-9 <= r["edistill_ratio"] <= r["edistill_ratio_hi"] + 1e-9, recipe
   assert "| mnrl |" in (tmp_path / "peers" / "peers_test.md").read_text()
