@@ -115,7 +115,10 @@ def test_demo_is_the_ablations_score_row_with_the_six_layer_student_and_large_sp
   config_lib.validate(demo)
   with row.unlocked():
     row.data.unlabeled_queries = demo.data.unlabeled_queries
+    row.data.num_hard_negatives, row.data.teacher_negatives = 1, 30  # Chosen on dev.
   assert demo.to_dict() == row.to_dict()
+  plain = _load("configs/demo.py:hard=0")
+  assert (plain.data.num_hard_negatives, plain.data.teacher_negatives) == (0, 0)
   assert (demo.student.kind, demo.student.num_layers, demo.data.corpus_size) == ("tied", 0, 2000)
   assert (demo.data.n_test, demo.data.n_dev) == (500, 250)  # Test splits that can tell (>= 500 queries).
   assert demo.loss.score == 1.0 and demo.loss.query_emb == 0.0
