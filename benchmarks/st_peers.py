@@ -105,13 +105,10 @@ def lstsq_start(setup, cfg, dim: int) -> dict[str, np.ndarray]:
     return setup.init_params["query_projection"]
   from edistill.models import zoo
   from edistill.recipes import embed_distill
-  from edistill.retrieval import encode as encode_lib
   pre = zoo.load_from_config(cfg.student)
   if pre.module.output_dim == dim:
     return {"kernel": np.eye(dim, dtype=np.float32), "bias": np.zeros(dim, np.float32)}
-  student = encode_lib.encode_pretrained(pre, setup.data.query_ids, setup.data.query_texts, cfg.data.max_query_length,
-                                         Path(zoo.cache_dir()) / "embeddings", desc="student queries")
-  return embed_distill.lstsq_projection(student, np.asarray(setup.teacher_params["queries"]))
+  return embed_distill.lstsq_start(cfg, pre, setup.data, setup.teacher_params["queries"])
 
 
 def make_loss(recipe: str, model, setup, cfg):

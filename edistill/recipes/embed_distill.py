@@ -41,6 +41,15 @@ def lstsq_projection(student: np.ndarray, teacher: np.ndarray, ridge: float = 1e
   return {"kernel": w[:-1].astype(np.float32), "bias": w[-1].astype(np.float32)}
 
 
+def lstsq_start(cfg, student_pre, data, teacher_queries, multihost: bool = False) -> dict[str, np.ndarray]:
+  """``lstsq_projection`` of the zero-shot student's embeddings of ``data``'s queries (cached, as
+  ``cfg.data.max_query_length`` cuts them) onto the teacher's ``teacher_queries`` [Nq, Dt] of the same rows."""
+  student = encode_lib.encode_pretrained(student_pre, data.query_ids, data.query_texts, cfg.data.max_query_length,
+                                         Path(zoo.cache_dir()) / "embeddings", desc="student queries",
+                                         multihost=multihost)
+  return lstsq_projection(student, np.asarray(teacher_queries))
+
+
 def add_projections(params: dict, s_dim: int, t_dim: int, rng: jax.Array, *, query: bool, doc: bool,
                     query_init: Callable[[], dict] | None = None) -> dict:
   """Adds the heads [s_dim -> t_dim] into the teacher's space that the student needs, when the widths
@@ -207,10 +216,7 @@ def build(cfg, process_index: int = 0, process_count: int = 1, multihost: bool =
       t_dim = tables["queries"].shape[1]
     query_init = None
     if cfg.student.projection_init == "lstsq" and cfg.teacher.mode == "precomputed":
-      query_init = lambda: lstsq_projection(encode_lib.encode_pretrained(
-          student_pre, data.query_ids, data.query_texts, cfg.data.max_query_length,
-          Path(zoo.cache_dir()) / "embeddings", desc="student queries", multihost=multihost),
-          np.asarray(teacher_params["queries"]))
+      query_init = lambda: lstsq_start(cfg, student_pre, data, teacher_params["queries"], multihost)
     add_projections(params, student_pre.module.output_dim, t_dim, jax.random.key(cfg.seed + 1),
                     query=kind == "asymmetric" or bool(loss.query_emb), doc=bool(loss.doc_emb), query_init=query_init)
   pipe = student_pipeline(cfg, data, student_pre.tokenizer, process_index, process_count)

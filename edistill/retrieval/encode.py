@@ -184,8 +184,8 @@ def encode_cached(cache_dir: str | os.PathLike, key_fields: dict, fn: EncodeFn, 
   if writer and not (root / "key.json").is_file():  # What the directory holds, for people.
     with atomic_file(root / "key.json") as tmp:
       tmp.write_text(json.dumps({**key_fields, "max_length": max_length, "count": len(ids)}, indent=2, default=str))
-  starts = range(0, len(ids), shard_size)
-  cached = [_read_shard(root, s, list(ids[start:start + shard_size])) for s, start in enumerate(starts)]
+  chunks = [list(ids[start:start + shard_size]) for start in range(0, len(ids), shard_size)]
+  cached = [_read_shard(root, s, chunk_ids) for s, chunk_ids in enumerate(chunks)]
   hit = np.array([c is not None for c in cached])
   if multihost:  # Cached only where every process can read it: all then skip or encode it together.
     from jax.experimental import multihost_utils
@@ -193,11 +193,11 @@ def encode_cached(cache_dir: str | os.PathLike, key_fields: dict, fn: EncodeFn, 
   encode_fn = encode_across_processes if multihost else encode
   shards = []
   desc = kw.pop("desc", "encode")
-  for s, start in enumerate(starts):
+  for s, chunk_ids in enumerate(chunks):
     if hit[s]:
       shards.append(cached[s])
       continue
-    chunk_ids = list(ids[start:start + shard_size])
+    start = s * shard_size
     emb = encode_fn(fn, params, tokenizer, texts[start:start + shard_size], max_length,
                     desc=desc and f"{desc} (shard {s})", **kw)
     if writer:
@@ -206,8 +206,7 @@ def encode_cached(cache_dir: str | os.PathLike, key_fields: dict, fn: EncodeFn, 
       distributed.barrier(f"encode_cached {key} shard {s}")
       if not writer and not _shard_paths(root, s)[1].is_file():  # Not a shared disk: this host's own copy.
         _write_shard(root, s, chunk_ids, emb)
-    mapped = _read_shard(root, s, chunk_ids) if as_table else None
-    shards.append(emb if mapped is None else mapped)
+    shards.append(tables_lib.open_rows(_shard_paths(root, s)[0]) if as_table else emb)  # Written above.
   if as_table:
     return list(ids), tables_lib.RowTable(shards)
   return list(ids), np.concatenate(shards)
