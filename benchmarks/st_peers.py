@@ -12,7 +12,10 @@ batch, steps, peak learning rate, 10 % warmup, cosine decay, weight decay 0.01 a
 are the config's. Each recipe is trained with ``SentenceTransformerTrainer``:
 
   mnrl                 symmetric fine-tune, ``MultipleNegativesRankingLoss`` (scale 1/temperature =
-                       20), (query, positive) pairs, no duplicate texts in a batch; no teacher
+                       20), (query, positive) pairs, no duplicate texts in a batch; no teacher. Where the
+                       config trains with hard negatives (``data.num_hard_negatives``, e.g. the demo's
+                       teacher-mined one), each example's same negatives join it as extra columns
+                       (a (query, positive, negative) triplet), as edistill's student sees them
   embed_distill        asymmetric, as documented: ``EmbedDistillLoss(distance_metric="l2",
                        projection_dim=768)`` on the queries against the teacher's query embeddings,
                        a randomly initialised projection; retrieval = projected student queries
@@ -73,8 +76,9 @@ def training_columns(setup, recipe: str, negatives_top: int, seed: int) -> dict[
   data, ex, tables = setup.data, setup.pipe.examples, setup.teacher_params
   queries = [data.query_texts[i] for i in ex.query]
   positives = [data.doc_texts[i] for i in ex.docs[:, 0]]
-  if recipe == "mnrl":
-    return {"anchor": queries, "positive": positives}
+  if recipe == "mnrl":  # The config's hard negatives (e.g. the demo's teacher-mined one) as extra columns.
+    negatives = {f"negative_{k}": [data.doc_texts[i] for i in ex.docs[:, k]] for k in range(1, ex.docs.shape[1])}
+    return {"anchor": queries, "positive": positives, **negatives}
   if recipe.startswith("embed_distill"):
     return {"anchor": queries, "label": tables["queries"][ex.query].tolist()}
   from edistill.data import mining
