@@ -44,18 +44,3 @@ def test_every_peer_recipe_trains_and_is_scored_against_the_teacher(tmp_path, ti
       assert r["edistill_ratio_lo"] - 1e-9 <= r["edistill_ratio"] <= r["edistill_ratio_hi"] + 1e-9, recipe
   assert "| mnrl |" in (tmp_path / "peers" / "peers_test.md").read_text()
 
-
-def test_mnrl_peer_sees_the_same_hard_negatives_as_the_student():
-  """With ``data.num_hard_negatives`` the MNRL peer trains on (query, positive, negative...) rows: each
-  example's own documents, in order, so peer and student see the same data."""
-  import types
-  import numpy as np
-  sys.path.insert(0, str(ROOT / "benchmarks"))
-  import st_peers
-  data = types.SimpleNamespace(query_texts=["q0", "q1"], doc_texts=["d0", "d1", "d2", "d3"])
-  examples = types.SimpleNamespace(query=np.array([1, 0]), docs=np.array([[2, 3], [0, 1]]))
-  setup = types.SimpleNamespace(data=data, pipe=types.SimpleNamespace(examples=examples), teacher_params={})
-  assert st_peers.training_columns(setup, "mnrl", 10, 0) == {
-      "anchor": ["q1", "q0"], "positive": ["d2", "d0"], "negative_1": ["d3", "d1"]}
-  examples.docs = examples.docs[:, :1]
-  assert st_peers.training_columns(setup, "mnrl", 10, 0) == {"anchor": ["q1", "q0"], "positive": ["d2", "d0"]}

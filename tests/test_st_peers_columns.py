@@ -1,4 +1,5 @@
-"""benchmarks/st_peers.py's margin_mse columns mine negatives as edistill does (no torch needed)."""
+"""benchmarks/st_peers.py's training columns: margin_mse mines negatives as edistill does, mnrl carries the
+config's hard negatives (no torch needed)."""
 import json
 import subprocess
 import sys
@@ -37,3 +38,27 @@ def test_margin_mse_negatives_are_teacher_ranked_below_every_positive_and_carry_
     allowed = sorted((d for d in range(9) if s[d] < floor), key=lambda d: -s[d])[:3]
     assert n in allowed, (q, n, allowed)  # Never a positive, never at or above the lowest positive.
     assert abs(margin - (s[pos] - s[n])) < 1e-5
+
+
+_MNRL_CHILD = r"""
+import json, sys, types
+import numpy as np
+sys.path.insert(0, sys.argv[1] + "/benchmarks")
+import st_peers
+data = types.SimpleNamespace(query_texts=["q0", "q1"], doc_texts=["d0", "d1", "d2", "d3"])
+ex = types.SimpleNamespace(query=np.array([1, 0]), docs=np.array([[2, 3], [0, 1]]))
+setup = types.SimpleNamespace(data=data, pipe=types.SimpleNamespace(examples=ex), teacher_params={})
+with_hard = st_peers.training_columns(setup, "mnrl", 10, 0)
+ex.docs = ex.docs[:, :1]
+print(json.dumps([with_hard, st_peers.training_columns(setup, "mnrl", 10, 0)]))
+"""
+
+
+def test_mnrl_peer_sees_the_same_hard_negatives_as_the_student():
+  """With ``data.num_hard_negatives`` the MNRL peer trains on (query, positive, negative...) rows: each
+  example's own documents, in order, so peer and student see the same data."""
+  done = subprocess.run([sys.executable, "-c", _MNRL_CHILD, str(ROOT)], capture_output=True, text=True, timeout=120)
+  assert done.returncode == 0, done.stderr[-3000:]
+  with_hard, without = json.loads(done.stdout)
+  assert with_hard == {"anchor": ["q1", "q0"], "positive": ["d2", "d0"], "negative_1": ["d3", "d1"]}
+  assert without == {"anchor": ["q1", "q0"], "positive": ["d2", "d0"]}
