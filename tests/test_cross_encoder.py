@@ -293,8 +293,8 @@ def _load(name, arg):
 
 
 def _tiny(cfg, tiny_models):
-  for key in ("student", "teacher"):
-    cfg[key].name, cfg[key].num_layers = str(tiny_models["bert"]), 0
+  for enc in (cfg.student, cfg.teacher, cfg.cross_encoder.dual_encoder):
+    enc.name, enc.num_layers = str(tiny_models["bert"]), 0
   cfg.data.corpus_size = 300
   config_lib.validate(cfg)
   return cfg
@@ -344,3 +344,34 @@ def test_ce_configs_fail_loudly_on_bad_settings():
   cfg.data.bucket_window = 8  # Would be silently ignored by the CE pipelines.
   with pytest.raises(ValueError, match="bucket_window / pad_multiple are for dual-encoder"):
     config_lib.validate(cfg)
+
+
+def test_ce_hard_negatives_are_the_dual_encoders_top_non_positives(tiny_models, isolated_cache):
+  """``cross_encoder.mine='teacher'``: each training example's negatives are among the dual encoder's
+  best ``mine_depth`` documents for its query of those that score below all its positives (NumPy over
+  the same cached tables), not BM25's."""
+  from edistill.models import zoo
+  from edistill.recipes import embed_distill
+  cfg = _tiny(_load("cross_encoder", "head=dual,mine=teacher,runlocal"), tiny_models)
+  depth, hard = cfg.cross_encoder.mine_depth, cfg.data.num_hard_negatives
+  setup = recipes.build(cfg)
+  data = embed_distill.training_data(cfg)
+  tables = embed_distill.teacher_tables(zoo.load_from_config(cfg.cross_encoder.dual_encoder), data, cfg.data, 128)
+  tq, td = np.asarray(tables["queries"]), np.asarray(tables["docs"])
+  positives = pipeline.relevant_docs(data.qrels, data.query_ids, data.doc_ids)
+  checked = 0
+  for q, docs in zip(setup.pipe.examples.query, setup.pipe.examples.docs):
+    pos = np.asarray(positives[int(q)])
+    scores = td.astype(np.float64) @ tq[q].astype(np.float64)
+    below = [int(d) for d in np.argsort(-scores) if d not in set(pos.tolist()) and scores[d] < scores[pos].min()]
+    if len(below) < depth:
+      continue
+    # The random tiny encoder scores many documents within float32 rounding of each other: a tolerance.
+    cut, eps = scores[below[depth - 1]], 1e-5
+    allowed = {d for d in range(len(td)) if d not in set(pos.tolist()) and cut - eps <= scores[d] < scores[pos].min() + eps}
+    if len(allowed) >= hard:
+      assert set(docs[1:].tolist()) <= allowed, (q, docs, allowed)
+      checked += 1
+  assert checked >= len(setup.pipe.examples.query) // 2
+  bm25 = recipes.build(_tiny(_load("cross_encoder", "head=dual,mine=bm25,runlocal"), tiny_models))
+  assert not np.array_equal(bm25.pipe.examples.docs, setup.pipe.examples.docs)

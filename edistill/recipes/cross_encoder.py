@@ -3,8 +3,9 @@ student (``ce_distill``; configs/cross_encoder.py, configs/ce_distill.py). Both 
 loop (``train/loop.py``: mesh, sharded state, checkpoints, NaN guard, resume).
 
 Training a CE (``student.kind="cross"``): each query's candidates are its positive and either
-``data.num_hard_negatives`` hard negatives (``cross_encoder.negatives="hard"``; mined from BM25's
-top ``mine_depth`` when ``mine="bm25"``) or every other positive of the global batch
+``data.num_hard_negatives`` hard negatives (``cross_encoder.negatives="hard"``; mined from the top
+``mine_depth`` of BM25, ``mine="bm25"``, or of the dual encoder ``cross_encoder.dual_encoder``,
+``mine="teacher"``) or every other positive of the global batch
 (``"in_batch"``, false negatives masked). The loss is the listwise softmax cross-entropy over each
 query's candidate scores at ``cross_encoder.temperature``. Pairs are packed on the host
 (``cross_encoder.pack_pairs``); a batch holds ``[b, K, L]`` pair arrays, ``positive_col [b]`` and
@@ -32,6 +33,7 @@ from edistill.cache import atomic_file, cache_root, content_key, texts_fingerpri
 from edistill.data import pipeline
 from edistill.eval import report, rerank
 from edistill.models import cross_encoder as ce_lib
+from edistill.models import zoo
 from edistill.recipes import embed_distill, registry
 from edistill.retrieval import bm25 as bm25_lib
 from edistill.retrieval import encode as encode_lib
@@ -110,10 +112,17 @@ def train_loss(params, batch, rng, *, model: ce_lib.CrossEncoder, temperature: f
 
 
 def _training_data(cfg):
-  """The train split (``embed_distill.training_data``), with BM25 hard negatives when ``cross_encoder.mine``."""
+  """The train split (``embed_distill.training_data``) with ``cross_encoder.mine``'s hard negatives: BM25's
+  top ``mine_depth``, or those of the dual encoder ``cross_encoder.dual_encoder`` (its cached tables),
+  likely false negatives left out (``data/mining.py``)."""
   data = embed_distill.training_data(cfg)
-  if cfg.cross_encoder.mine == "bm25":
-    data = with_mined_negatives(data, cfg.cross_encoder.mine_depth)
+  ce = cfg.cross_encoder
+  if ce.mine == "bm25":
+    data = with_mined_negatives(data, ce.mine_depth)
+  elif ce.mine == "teacher":
+    tables = embed_distill.teacher_tables(zoo.load_from_config(ce.dual_encoder), data, cfg.data,
+                                          ce.dual_encoder.batch_size)
+    data = embed_distill.with_teacher_negatives(data, tables, ce.mine_depth)
   return data
 
 
