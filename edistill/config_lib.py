@@ -63,6 +63,13 @@ def encoder_config(name: str, max_length: int = 128, num_layers: int = 0, poolin
       "pooling": pooling, "normalize": normalize, "dtype": "float32", "dropout": -1.0})
 
 
+def dual_encoder_config(name: str) -> ml_collections.ConfigDict:
+  """A dual-encoder teacher: ``encoder_config(name)`` and the batch it precomputes its tables at."""
+  cfg = encoder_config(name)
+  cfg.batch_size = 64
+  return cfg
+
+
 def base_config() -> ml_collections.ConfigDict:
   """Every field a training config has, with defaults (presets change values, never add keys)."""
   cfg = ml_collections.ConfigDict()
@@ -88,8 +95,7 @@ def base_config() -> ml_collections.ConfigDict:
       # queries file, or a named pool of the benchmark ("gcide_definitions" for wordnet_gcide: the first
       # definition sentence of every GCIDE entry outside the slice's corpus, 82k at 10k documents).
       "unlabeled_queries": 0, "unlabeled_path": "", "unlabeled_pool": "slice", "unlabeled_extra": ""})
-  cfg.teacher = encoder_config("mpnet-base")
-  cfg.teacher.batch_size = 64  # For precomputing its embedding tables.
+  cfg.teacher = dual_encoder_config("mpnet-base")
   cfg.teacher.mode = "precomputed"  # or "online" (needs the student's tokenizer; costs a teacher forward a step)
   # The dtype precomputed table rows travel to the devices in (teachers.TABLE_DTYPES): "bfloat16" halves them.
   cfg.teacher.table_dtype = "float32"
@@ -136,12 +142,16 @@ def cross_encoder_config() -> ml_collections.ConfigDict:
       "head": "cls",  # "cls" ([CLS] -> linear) or "dual" (dual pooling: <mean q tokens, mean d tokens>)
       "normalize": True,  # dual head: L2-normalise the pooled vectors (score = cosine; use a temperature)
       "negatives": "hard",  # CE training candidates: "hard" (data.num_hard_negatives) or "in_batch"
-      "mine": "bm25",  # hard negatives from BM25's top mine_depth ("none": the dataset's own, else random)
+      # Hard negatives from the top mine_depth of "bm25" or of the dual-encoder "teacher" (dual_encoder,
+      # likely false negatives left out: data/mining.py); "none": the dataset's own, else random.
+      "mine": "bm25",
       "mine_depth": 30,
+      # The dual encoder that mine="teacher" mines with and first_stage="teacher" retrieves with.
+      "dual_encoder": dual_encoder_config("mpnet-base"),
       "temperature": 1.0,  # listwise softmax over each query's candidates when training the CE
       "checkpoint": "",  # teacher.kind="cross": the trained CE's checkpoint directory
       "batch_size": 64,  # pairs per forward when precomputing teacher outputs and re-ranking
-      "first_stage": "bm25",  # re-ranking evaluation: "bm25" or "teacher" (the dual-encoder cfg.teacher)
+      "first_stage": "bm25",  # re-ranking evaluation: "bm25" or "teacher" (exact search with dual_encoder)
       "rerank_k": 20})
 
 
@@ -290,8 +300,8 @@ def _validate_cross_encoder(cfg: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.cross_encoder.head={ce.head!r}; expected one of {cross_encoder.HEADS}.")
   if ce.negatives not in ("hard", "in_batch"):
     raise ValueError(f"config.cross_encoder.negatives={ce.negatives!r}; expected 'hard' or 'in_batch'.")
-  if ce.mine not in ("bm25", "none"):
-    raise ValueError(f"config.cross_encoder.mine={ce.mine!r}; expected 'bm25' or 'none'.")
+  if ce.mine not in ("bm25", "teacher", "none"):
+    raise ValueError(f"config.cross_encoder.mine={ce.mine!r}; expected 'bm25', 'teacher' or 'none'.")
   if ce.first_stage not in ("bm25", "teacher"):
     raise ValueError(f"config.cross_encoder.first_stage={ce.first_stage!r}; expected 'bm25' or 'teacher'.")
   if ce.temperature <= 0 or ce.rerank_k < 1 or ce.batch_size < 1:

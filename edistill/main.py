@@ -75,6 +75,7 @@ def run_similarity(config, workdir: Path) -> str:
 def run_export(config, workdir) -> str:
   """The trained student's towers as HF + sentence-transformers directories under ``workdir/export``."""
   from edistill import checkpoint
+  from edistill.eval import suite
   from edistill.models import dual_encoder, hf_import
   if "://" in str(workdir):
     raise ValueError(f"--mode export writes to a local directory; {workdir} is not one.")
@@ -93,7 +94,8 @@ def run_export(config, workdir) -> str:
     out = hf_import.export(tower_params, module.config, head, Path(workdir) / "export" / name, pre.path, max_len)
     manifest["towers"][name] = str(out)
   if kind == "asymmetric":  # Its query vectors live in the teacher's document space.
-    manifest["documents"] = {"encoder": config.teacher.name, "max_length": config.data.max_doc_length,
+    manifest["documents"] = {"encoder": suite.retrieval_teacher(config).name,
+                             "max_length": config.data.max_doc_length,
                              "note": "encode documents with this teacher (the student has no document tower)"}
   (Path(workdir) / "export" / "edistill_export.json").write_text(json.dumps(manifest, indent=2))
   return json.dumps(manifest, indent=2)

@@ -89,7 +89,10 @@ def _query_emb(x: Signals, cfg) -> tuple[jax.Array, Metrics]:
   q = x.query_emb  # [B, Ds], matched against each of the teacher's targets for its query.
   q = jnp.broadcast_to(q.reshape(q.shape[0], *(1,) * (x.teacher_query.ndim - 2), q.shape[-1]),
                        (*x.teacher_query.shape[:-1], q.shape[-1]))
-  return losses.embedding_matching(q, x.teacher_query, x.params.get("query_projection"), cfg.emb_kind)
+  # An asymmetric student of a cross-encoder scores through query_projection (into its dual encoder's
+  # document space) and matches the CE's pooled query vectors through a head of its own.
+  head = x.params.get("query_match_projection", x.params.get("query_projection"))
+  return losses.embedding_matching(q, x.teacher_query, head, cfg.emb_kind)
 
 
 def _doc_emb(x: Signals, cfg) -> tuple[jax.Array, Metrics]:
@@ -169,14 +172,16 @@ def loss_from_embeddings(params, q_s, d_s, teacher_params, batch, *, student, te
   positive_col = jnp.arange(b, dtype=jnp.int32) * c
   mask = batch["negative_mask"]
   asymmetric = student.kind == "asymmetric"
-  needs = cfg.needs() | ({"doc"} if asymmetric else set())
-  if asymmetric and (teacher is None or teacher.layout != "in_batch"):
-    raise ValueError("an asymmetric student needs a dual-encoder teacher for its document embeddings.")
+  if asymmetric and teacher is None:
+    raise ValueError("an asymmetric student needs a teacher for its document embeddings.")
+  in_batch = teacher is not None and teacher.layout == "in_batch"
+  needs = cfg.needs() | ({"doc"} if asymmetric and in_batch else set())
   if needs and teacher is None:
     raise ValueError(f"the loss needs a teacher (its {sorted(needs)}), but none was given.")
   got = teacher.signals(teacher_params, batch, needs) if needs else {}
-  if asymmetric:
-    q_scored, d_s = project(params.get("query_projection"), q_s), got["doc"]
+  if asymmetric:  # A dual-encoder teacher's documents, or a cross-encoder teacher's dual encoder's.
+    d_s = got["doc"] if in_batch else teacher.student_docs(teacher_params, batch)
+    q_scored = project(params.get("query_projection"), q_s)
   else:
     q_scored = q_s
   scores = losses.score_matrix(q_scored, d_s)

@@ -113,15 +113,29 @@ class Teacher:
 class CrossEncoderTeacher:
   """A cross-encoder's outputs per training example, carried in the batch: ``teacher_scores`` [b, C]
   (column 0 the positive) and, for the dual head, ``teacher_query_vectors`` / ``teacher_doc_vectors``
-  [b, C, H]. Its params are unused (None)."""
+  [b, C, H].
 
+  ``docs``: for an asymmetric student, the precomputed dual encoder whose document embeddings it
+  scores against (``student_docs``); its params are then ``{"docs": [Nd, Dt] table}``, gathered per
+  host batch like a precomputed ``Teacher``'s. Without it the params are unused (None).
+  """
+
+  docs: Teacher | None = None
   layout = "per_candidate"
 
   def device_params(self, params):
     return None
 
   def host_inputs(self, params, batch) -> dict:
-    return {}  # Its rows are already in the batch.
+    """The batch's rows of the ``docs`` table (``teacher_doc`` [b, C, Dt]); the CE's own are already in it."""
+    return self.docs.host_inputs(params, batch) if self.docs is not None else {}
+
+  def student_docs(self, params, batch) -> jax.Array:
+    """[b * C, Dt]: the ``docs`` dual encoder's embeddings of the batch's documents (an asymmetric student's)."""
+    if self.docs is None:
+      raise ValueError("an asymmetric student of a cross-encoder scores against a dual encoder's document "
+                       "embeddings: build CrossEncoderTeacher(docs=...) (cross_encoder.dual_encoder).")
+    return self.docs.doc_embeddings(params, batch)
 
   BATCH_KEYS = {"scores": "teacher_scores", "query": "teacher_query_vectors", "doc": "teacher_doc_vectors"}
 

@@ -266,6 +266,49 @@ def test_ce_distillation_losses_match_numpy_references(kind):
   assert ref["score/kl"] > 0.05 and ref["label/loss"] > 0.1  # Nontrivial cases.
 
 
+class _FixedQueryStudent(_FixedStudent):
+  kind = "asymmetric"
+
+
+def test_asymmetric_ce_student_loss_matches_numpy_reference():
+  """An asymmetric student of a CE: its projected queries score against the dual encoder's document rows
+  (``teacher_doc``, gathered by the teacher's ``docs`` table), in batch for the label term and per
+  candidate against the CE's scores; its queries match the CE's pooled query vectors through
+  ``query_match_projection``, not through the scoring head."""
+  b, c, ds, dt, h = 4, 3, 5, 7, 6
+  params, batch = _distill_case(2, b, c, ds, h)
+  rng = np.random.default_rng(3)
+  docs = rng.normal(size=(b * c + 2, dt)).astype(np.float32)  # The dual encoder's table (two rows unused).
+  batch["doc_index"] = rng.permutation(b * c + 2)[:b * c].astype(np.int32).reshape(b, c)
+  del params["d"], params["doc_projection"]
+  params["query_match_projection"] = params.pop("query_projection")  # [ds, h]
+  params["query_projection"] = {"kernel": rng.normal(size=(ds, dt)).astype(np.float32) * 0.5,
+                                "bias": rng.normal(size=dt).astype(np.float32)}
+  teacher = teachers.CrossEncoderTeacher(docs=teachers.Teacher(None, "precomputed"))
+  batch.update(teacher.host_inputs({"docs": docs}, batch))
+  assert batch["teacher_doc"].shape == (b, c, dt)
+  cfg = LossConfig(label=1.0, score=0.7, query_emb=0.5, doc_emb=0.0, temperature=0.5, student_temperature=0.4,
+                   teacher_temperature=2.0)
+  loss, metrics = jax.jit(lambda p, x: objective.compute_loss(p, None, x, jax.random.key(0), student=_FixedQueryStudent(),
+                                                              teacher=teacher, cfg=cfg))(params, batch)
+  q = np.float64(params["q"])
+  qp = q @ np.float64(params["query_projection"]["kernel"]) + params["query_projection"]["bias"]
+  d = np.float64(docs[batch["doc_index"].reshape(-1)])  # [b * c, dt]
+  unused = {"kernel": np.zeros((dt, h)), "bias": np.zeros(h)}  # The reference's embedding terms, weighted 0.
+  ref = _np_distill({"q": qp, "d": d, "query_projection": unused, "doc_projection": unused}, batch,
+                    LossConfig(**{**cfg.__dict__, "query_emb": 0.0}))
+  qemb = np.mean([np.linalg.norm(batch["teacher_query_vectors"][i, j] - (q[i] @ np.float64(
+      params["query_match_projection"]["kernel"]) + params["query_match_projection"]["bias"]))
+      for i in range(b) for j in range(c)])
+  np.testing.assert_allclose(metrics["label/loss"], ref["label/loss"], rtol=1e-5)
+  np.testing.assert_allclose(metrics["score/kl"], ref["score/kl"], rtol=1e-5)
+  np.testing.assert_allclose(metrics["query_emb/loss"], qemb, rtol=1e-5)
+  np.testing.assert_allclose(loss, ref["loss"] + cfg.query_emb * qemb, rtol=1e-5)
+  with pytest.raises(ValueError, match="dual encoder's document"):
+    objective.compute_loss(params, None, batch, jax.random.key(0), student=_FixedQueryStudent(),
+                           teacher=teachers.CrossEncoderTeacher(), cfg=cfg)
+
+
 def test_ce_distillation_gradient_moves_student_scores_towards_the_teacher():
   params, batch = _distill_case(1)
   cfg = LossConfig(label=0.0, score=1.0, query_emb=0.0, student_temperature=1.0, teacher_temperature=1.0)
@@ -293,8 +336,8 @@ def _load(name, arg):
 
 
 def _tiny(cfg, tiny_models):
-  for key in ("student", "teacher"):
-    cfg[key].name, cfg[key].num_layers = str(tiny_models["bert"]), 0
+  for enc in (cfg.student, cfg.teacher, cfg.cross_encoder.dual_encoder):
+    enc.name, enc.num_layers = str(tiny_models["bert"]), 0
   cfg.data.corpus_size = 300
   config_lib.validate(cfg)
   return cfg
@@ -323,6 +366,20 @@ def test_ce_configs_train_rerank_and_distill_two_steps(tmp_path, tiny_models, is
   assert {k.split("/")[0] for k in metrics if "/" in k} == expected
   assert np.isfinite(metrics["loss"])
   assert len(list((isolated_cache / "ce_teacher").glob("*.npz"))) >= 1  # The CE's outputs were cached.
+  if head != "dual":
+    return
+  # The asymmetric student: the dual encoder's documents; the table's teacher row is that dual encoder.
+  from edistill.eval import suite
+  asym = _tiny(_load("ce_distill", f"head=dual,kind=asymmetric,ce={tmp_path / 'ce' / 'checkpoints'},runlocal"),
+               tiny_models)
+  metrics = recipes.train(asym, tmp_path / "asym")
+  assert {k.split("/")[0] for k in metrics if "/" in k} == {"label", "score", "query_emb"}
+  assert np.isfinite(metrics["loss"])
+  rows = suite.run(asym, tmp_path / "asym", split="test", models=("teacher", "student"), scann=False)
+  assert rows["student"]["num_queries"] == rows["teacher"]["num_queries"] > 0
+  de = suite.run(_tiny(_load("cross_encoder", "head=dual,runlocal"), tiny_models), tmp_path / "de", split="test",
+                 models=("teacher",), scann=False)
+  assert rows["teacher"]["mrr@10"] == pytest.approx(de["teacher"]["mrr@10"], abs=1e-9)
 
 
 def test_ce_configs_fail_loudly_on_bad_settings():
@@ -333,9 +390,16 @@ def test_ce_configs_fail_loudly_on_bad_settings():
   with pytest.raises(ValueError, match="dual-pooling head"):
     config_lib.validate(cfg)
   cfg = _load("ce_distill", "head=cls,ce=/nowhere")
-  cfg.student.kind = "asymmetric"
+  cfg.student.kind = "cross"
   with pytest.raises(ValueError, match="cannot learn from a cross-encoder"):
     config_lib.validate(cfg)
+  cfg = _load("ce_distill", "head=dual,kind=asymmetric,ce=/nowhere")
+  config_lib.validate(cfg)
+  cfg.loss.doc_emb = 1.0
+  with pytest.raises(ValueError, match="loss.doc_emb"):
+    config_lib.validate(cfg)
+  with pytest.raises(ValueError, match="kind='cross'"):
+    _load("ce_distill", "kind=cross")
   cfg = _load("cross_encoder", "head=cls")
   cfg.data.num_hard_negatives = 0
   with pytest.raises(ValueError, match="num_hard_negatives >= 1"):
@@ -344,3 +408,34 @@ def test_ce_configs_fail_loudly_on_bad_settings():
   cfg.data.bucket_window = 8  # Would be silently ignored by the CE pipelines.
   with pytest.raises(ValueError, match="bucket_window / pad_multiple are for dual-encoder"):
     config_lib.validate(cfg)
+
+
+def test_ce_hard_negatives_are_the_dual_encoders_top_non_positives(tiny_models, isolated_cache):
+  """``cross_encoder.mine='teacher'``: each training example's negatives are among the dual encoder's
+  best ``mine_depth`` documents for its query of those that score below all its positives (NumPy over
+  the same cached tables), not BM25's."""
+  from edistill.models import zoo
+  from edistill.recipes import embed_distill
+  cfg = _tiny(_load("cross_encoder", "head=dual,mine=teacher,runlocal"), tiny_models)
+  depth, hard = cfg.cross_encoder.mine_depth, cfg.data.num_hard_negatives
+  setup = recipes.build(cfg)
+  data = embed_distill.training_data(cfg)
+  tables = embed_distill.teacher_tables(zoo.load_from_config(cfg.cross_encoder.dual_encoder), data, cfg.data, 128)
+  tq, td = np.asarray(tables["queries"]), np.asarray(tables["docs"])
+  positives = pipeline.relevant_docs(data.qrels, data.query_ids, data.doc_ids)
+  checked = 0
+  for q, docs in zip(setup.pipe.examples.query, setup.pipe.examples.docs):
+    pos = np.asarray(positives[int(q)])
+    scores = td.astype(np.float64) @ tq[q].astype(np.float64)
+    below = [int(d) for d in np.argsort(-scores) if d not in set(pos.tolist()) and scores[d] < scores[pos].min()]
+    if len(below) < depth:
+      continue
+    # The random tiny encoder scores many documents within float32 rounding of each other: a tolerance.
+    cut, eps = scores[below[depth - 1]], 1e-5
+    allowed = {d for d in range(len(td)) if d not in set(pos.tolist()) and cut - eps <= scores[d] < scores[pos].min() + eps}
+    if len(allowed) >= hard:
+      assert set(docs[1:].tolist()) <= allowed, (q, docs, allowed)
+      checked += 1
+  assert checked >= len(setup.pipe.examples.query) // 2
+  bm25 = recipes.build(_tiny(_load("cross_encoder", "head=dual,mine=bm25,runlocal"), tiny_models))
+  assert not np.array_equal(bm25.pipe.examples.docs, setup.pipe.examples.docs)

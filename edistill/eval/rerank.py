@@ -1,7 +1,7 @@
 """Re-ranking evaluation of a cross-encoder: it re-scores a first-stage retriever's top-k.
 
-The first stage (``cross_encoder.first_stage``) is BM25 or the dual-encoder ``cfg.teacher`` (exact
-search). Its top ``eval.k`` are evaluated as they are ("first_stage"), then the CE scores the top
+The first stage (``cross_encoder.first_stage``) is BM25 or the dual encoder
+``cross_encoder.dual_encoder`` (exact search over its cached tables). Its top ``eval.k`` are evaluated as they are ("first_stage"), then the CE scores the top
 ``cross_encoder.rerank_k`` (query, document) pairs and those are ranked by the CE's scores alone
 ("reranked"; documents below rank k are not returned, so its recall@100 is the first stage's
 recall@k). Metrics follow trec_eval conventions (``eval/metrics.py``).
@@ -27,14 +27,12 @@ from edistill.models import zoo
 RERANKERS = ("student", "teacher")
 
 
-def first_stage(cfg, data, k: int, reranker: str = "student") -> tuple[np.ndarray, np.ndarray]:
+def first_stage(cfg, data, k: int) -> tuple[np.ndarray, np.ndarray]:
   """(indices [Q, k] with -1 for no hit, scores [Q, k]) of ``cfg.cross_encoder.first_stage``."""
   k = min(k, len(data.doc_ids))
   if cfg.cross_encoder.first_stage == "bm25":
     return bm25_lib.topk(data, k)
-  if reranker == "teacher":
-    raise ValueError("cross_encoder.first_stage='teacher' needs a dual-encoder cfg.teacher (teacher.kind='dual').")
-  tpre = zoo.load_from_config(cfg.teacher)
+  tpre = zoo.load_from_config(cfg.cross_encoder.dual_encoder)
   cache = Path(zoo.cache_dir()) / "embeddings"
   docs = encode_lib.encode_pretrained(tpre, data.doc_ids, data.doc_texts, cfg.data.max_doc_length, cache,
                                       desc="first-stage documents")
@@ -77,7 +75,7 @@ def run(cfg, workdir: str | Path, split: str | None = None, params=None,
     model, pre = ce_lib.load(enc_cfg, cfg.cross_encoder)
   data = load_split(cfg, split)
   k = cfg.cross_encoder.rerank_k
-  idx, scores = first_stage(cfg, data, max(k, cfg.eval.k), reranker)
+  idx, scores = first_stage(cfg, data, max(k, cfg.eval.k))
   rows = {"first_stage": metrics_lib.evaluate(metrics_lib.run_from_topk(data.query_ids, data.doc_ids, idx, scores),
                                               data.qrels, metrics)}
   top = idx[:, :k]

@@ -40,6 +40,13 @@ def pretrained_model(name: str, pre: zoo.Pretrained) -> evaluator.DenseModel:
                               num_params=evaluator.count_params(pre.params))
 
 
+def retrieval_teacher(cfg):
+  """The dual encoder whose document embeddings an asymmetric student scores against and whose row the
+  retrieval tables call ``teacher``: ``cfg.teacher``, or ``cross_encoder.dual_encoder`` when the
+  teacher is a cross-encoder (``teacher.kind="cross"``)."""
+  return cfg.cross_encoder.dual_encoder if cfg.teacher.kind == "cross" else cfg.teacher
+
+
 def student_model(cfg, student_pre: zoo.Pretrained, params: dict, teacher_docs: np.ndarray | None) -> evaluator.DenseModel:
   """The trained student: query tower (+ query projection when asymmetric) and its document side."""
   fn = _encoder_fn(student_pre)
@@ -87,7 +94,7 @@ class Context:
   def teacher(self) -> tuple[zoo.Pretrained, np.ndarray]:
     """(the teacher, its document embeddings [N, D]), cached on disk and shared with training's tables."""
     if self._teacher is None:
-      pre = zoo.load_from_config(self.cfg.teacher)
+      pre = zoo.load_from_config(retrieval_teacher(self.cfg))
       docs = encode_lib.encode_pretrained(pre, self.data.doc_ids, self.data.doc_texts, self.cfg.data.max_doc_length,
                                           self.cache_dir, desc="teacher documents", multihost=self.multihost)
       self._teacher = pre, docs

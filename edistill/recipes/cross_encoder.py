@@ -3,8 +3,9 @@ student (``ce_distill``; configs/cross_encoder.py, configs/ce_distill.py). Both 
 loop (``train/loop.py``: mesh, sharded state, checkpoints, NaN guard, resume).
 
 Training a CE (``student.kind="cross"``): each query's candidates are its positive and either
-``data.num_hard_negatives`` hard negatives (``cross_encoder.negatives="hard"``; mined from BM25's
-top ``mine_depth`` when ``mine="bm25"``) or every other positive of the global batch
+``data.num_hard_negatives`` hard negatives (``cross_encoder.negatives="hard"``; mined from the top
+``mine_depth`` of BM25, ``mine="bm25"``, or of the dual encoder ``cross_encoder.dual_encoder``,
+``mine="teacher"``) or every other positive of the global batch
 (``"in_batch"``, false negatives masked). The loss is the listwise softmax cross-entropy over each
 query's candidate scores at ``cross_encoder.temperature``. Pairs are packed on the host
 (``cross_encoder.pack_pairs``); a batch holds ``[b, K, L]`` pair arrays, ``positive_col [b]`` and
@@ -15,7 +16,10 @@ candidates (positive + hard negatives) once, cached on disk; with the dual head 
 pooled query/document vectors of every pair. The student's step is ``objective.compute_loss`` with
 a ``teachers.CrossEncoderTeacher``: the usual in-batch label loss, score distillation over each
 query's own candidates and (dual head) embedding matching of the student's query/document
-embeddings to the CE's pooled vectors of the same pair.
+embeddings to the CE's pooled vectors of the same pair. An asymmetric student scores its projected
+queries against the documents of the dual encoder ``cross_encoder.dual_encoder`` (its precomputed
+table, gathered per host batch) and matches only the CE's query vectors. In the retrieval tables
+``teacher`` is that dual encoder.
 """
 from __future__ import annotations
 
@@ -32,6 +36,8 @@ from edistill.cache import atomic_file, cache_root, content_key, texts_fingerpri
 from edistill.data import pipeline
 from edistill.eval import report, rerank
 from edistill.models import cross_encoder as ce_lib
+from edistill.models import zoo
+from edistill.models.dual_encoder import init_projection
 from edistill.recipes import embed_distill, registry
 from edistill.retrieval import bm25 as bm25_lib
 from edistill.retrieval import encode as encode_lib
@@ -110,10 +116,17 @@ def train_loss(params, batch, rng, *, model: ce_lib.CrossEncoder, temperature: f
 
 
 def _training_data(cfg):
-  """The train split (``embed_distill.training_data``), with BM25 hard negatives when ``cross_encoder.mine``."""
+  """The train split (``embed_distill.training_data``) with ``cross_encoder.mine``'s hard negatives: BM25's
+  top ``mine_depth``, or those of the dual encoder ``cross_encoder.dual_encoder`` (its cached tables),
+  likely false negatives left out (``data/mining.py``)."""
   data = embed_distill.training_data(cfg)
-  if cfg.cross_encoder.mine == "bm25":
-    data = with_mined_negatives(data, cfg.cross_encoder.mine_depth)
+  ce = cfg.cross_encoder
+  if ce.mine == "bm25":
+    data = with_mined_negatives(data, ce.mine_depth)
+  elif ce.mine == "teacher":
+    tables = embed_distill.teacher_tables(zoo.load_from_config(ce.dual_encoder), data, cfg.data,
+                                          ce.dual_encoder.batch_size)
+    data = embed_distill.with_teacher_negatives(data, tables, ce.mine_depth)
   return data
 
 
@@ -175,12 +188,36 @@ def build_distill(cfg, process_index: int = 0, process_count: int = 1) -> loop.S
                             cfg.data.max_doc_length, cfg.cross_encoder.batch_size)
   signal = {"scores": "scores", "query_vectors": "query", "doc_vectors": "doc"}  # ce_lib.predict's -> the teacher's.
   table = {teachers.CrossEncoderTeacher.BATCH_KEYS[signal[k]]: v for k, v in outputs.items()}
-  embed_distill.add_projections(params, student.query_encoder.output_dim, model.config.hidden_size,
-                                jax.random.key(cfg.seed + 1), query=bool(loss.query_emb), doc=bool(loss.doc_emb))
+  s_dim, rng = student.query_encoder.output_dim, jax.random.key(cfg.seed + 1)
+  if cfg.student.kind == "asymmetric":
+    teacher, teacher_params = _asymmetric_parts(cfg, data, student_pre, params, loss, model.config.hidden_size, rng)
+  else:
+    embed_distill.add_projections(params, s_dim, model.config.hidden_size, rng, query=bool(loss.query_emb),
+                                  doc=bool(loss.doc_emb))
+    teacher, teacher_params = teachers.CrossEncoderTeacher(), None
   pipe = DerivedPipeline(base, lambda batch, rows, local: {**batch, **{k: v[rows[local]] for k, v in table.items()}})
-  teacher = teachers.CrossEncoderTeacher()
   step = functools.partial(embed_distill.jit_train_step, student, teacher, loss, tx)
-  return loop.Setup(pipe, student, teacher, None, params, student_pre.tokenizer, tx, loss, step, data=data)
+  return loop.Setup(pipe, student, teacher, teacher_params, params, student_pre.tokenizer, tx, loss, step, data=data)
+
+
+def _asymmetric_parts(cfg, data, student_pre, params, loss, ce_dim: int, rng):
+  """(teacher, teacher params) of an asymmetric student of a CE: it scores its projected queries against
+  the dual encoder ``cross_encoder.dual_encoder``'s document table (``query_projection``, started at the
+  least-squares fit of its queries onto the dual encoder's, as ``embed_distill`` starts it) and matches
+  the CE's pooled query vectors through a head of its own (``query_match_projection``, identity when
+  the widths agree). Adds both heads to ``params``."""
+  de = cfg.cross_encoder.dual_encoder
+  tpre = zoo.load_from_config(de)
+  tables = embed_distill.teacher_tables(tpre, data, cfg.data, de.batch_size)
+  s_dim = student_pre.module.output_dim
+  if s_dim != tables["docs"].shape[1]:
+    params["query_projection"] = embed_distill.lstsq_start(cfg, student_pre, data, tables["queries"])
+  if loss.query_emb:
+    params["query_match_projection"] = (
+        {"kernel": np.eye(s_dim, dtype=np.float32), "bias": np.zeros(s_dim, np.float32)} if s_dim == ce_dim
+        else init_projection(jax.random.fold_in(rng, 0), s_dim, ce_dim))
+  docs = teachers.Teacher(tpre.module, "precomputed", de.get("table_dtype", "float32"))
+  return teachers.CrossEncoderTeacher(docs=docs), {"docs": tables["docs"]}
 
 
 def validate_train(cfg) -> None:
@@ -194,9 +231,12 @@ def validate_train(cfg) -> None:
 
 def validate_distill(cfg) -> None:
   ce = cfg.cross_encoder
-  if cfg.student.kind in ("asymmetric", "cross"):
-    raise ValueError(f"config.student.kind={cfg.student.kind!r} cannot learn from a cross-encoder teacher (it has "
-                     "no document tower to share); use 'tied' or 'untied'.")
+  if cfg.student.kind == "cross":
+    raise ValueError("config.student.kind='cross' cannot learn from a cross-encoder teacher here; use 'tied', "
+                     "'untied' or 'asymmetric' (documents: cross_encoder.dual_encoder's embeddings).")
+  if cfg.student.kind == "asymmetric" and cfg.loss.doc_emb:
+    raise ValueError("config.loss.doc_emb: an asymmetric student's documents are the dual encoder's "
+                     "(cross_encoder.dual_encoder), so there is nothing to match; set it to 0.")
   if not ce.checkpoint:
     raise ValueError("config.teacher.kind='cross' needs config.cross_encoder.checkpoint (a trained CE's checkpoints).")
   if cfg.data.num_hard_negatives < 1 and (cfg.loss.score or cfg.loss.margin_mse):
@@ -205,9 +245,6 @@ def validate_distill(cfg) -> None:
   if ce.head != "dual" and (cfg.loss.query_emb or cfg.loss.doc_emb):
     raise ValueError("config.loss.query_emb/doc_emb need the dual-pooling head's vectors: "
                      "config.cross_encoder.head='dual' (the cls head has no query/document embeddings).")
-  if "teacher" in cfg.eval.models:
-    raise ValueError("config.eval.models: a cross-encoder teacher is not a retriever; drop 'teacher' (its "
-                     "re-ranking quality: --config.student.kind=cross evaluation, edistill/eval/rerank.py).")
 
 
 def _process0_first(build: Callable) -> Callable:

@@ -138,6 +138,17 @@ def with_unlabeled(cfg, data, tpre, tables: dict[str, np.ndarray], multihost: bo
   return data, {**tables, "queries": tables_lib.as_table(tables["queries"]).concat(emb)}
 
 
+def teacher_tables(tpre, data, data_cfg, batch_size: int, multihost: bool = False) -> dict:
+  """A dual-encoder teacher's ``{"queries": [Nq, Dt], "docs": [Nd, Dt]}`` over ``data``, cached on disk
+  and memory-mapped (training gathers its batch's rows on the host: ``teachers.Teacher.host_inputs``)."""
+  emb_cache = Path(zoo.cache_dir()) / "embeddings"
+  kw = dict(batch_size=batch_size, multihost=multihost, as_table=True)
+  return {"queries": encode_lib.encode_pretrained(tpre, data.query_ids, data.query_texts, data_cfg.max_query_length,
+                                                  emb_cache, desc="teacher queries", **kw),
+          "docs": encode_lib.encode_pretrained(tpre, data.doc_ids, data.doc_texts, data_cfg.max_doc_length,
+                                               emb_cache, desc="teacher documents", **kw)}
+
+
 def with_teacher_negatives(data, tables: dict[str, np.ndarray], depth: int):
   """``data`` whose training queries' hard negatives are the teacher's top ``depth`` non-positives
   (``data/mining.py``; they replace a dataset's own for those queries). Every process mines the same."""
@@ -200,14 +211,7 @@ def build(cfg, process_index: int = 0, process_count: int = 1, multihost: bool =
       teacher_params = {"encoder": tpre.params}
       t_dim = tpre.module.output_dim
     else:
-      emb_cache = Path(zoo.cache_dir()) / "embeddings"
-      # Memory-mapped: training gathers its batch's rows on the host (teachers.Teacher.host_inputs).
-      kw = dict(batch_size=cfg.teacher.batch_size, multihost=multihost, as_table=True)
-      tables = {
-          "queries": encode_lib.encode_pretrained(tpre, data.query_ids, data.query_texts, cfg.data.max_query_length,
-                                                  emb_cache, desc="teacher queries", **kw),
-          "docs": encode_lib.encode_pretrained(tpre, data.doc_ids, data.doc_texts, cfg.data.max_doc_length,
-                                               emb_cache, desc="teacher documents", **kw)}
+      tables = teacher_tables(tpre, data, cfg.data, cfg.teacher.batch_size, multihost)
       if cfg.data.unlabeled_queries or cfg.data.unlabeled_extra:
         data, tables = with_unlabeled(cfg, data, tpre, tables, multihost)
       if cfg.data.teacher_negatives:
