@@ -1,8 +1,9 @@
 """Re-ranking evaluation of a cross-encoder: it re-scores a first-stage retriever's top-k.
 
 The first stage (``cross_encoder.first_stage``) is BM25 or the dual encoder
-``cross_encoder.dual_encoder`` (exact search over its cached tables). Its top ``eval.k`` are evaluated as they are ("first_stage"), then the CE scores the top
-``cross_encoder.rerank_k`` (query, document) pairs and those are ranked by the CE's scores alone
+``cross_encoder.dual_encoder`` (exact search over its cached tables). Its top ``eval.k`` are
+evaluated as they are ("first_stage"), then the CE scores the top ``cross_encoder.rerank_k``
+(query, document) pairs and those are ranked by the CE's scores alone
 ("reranked"; documents below rank k are not returned, so its recall@100 is the first stage's
 recall@k). Metrics follow trec_eval conventions (``eval/metrics.py``).
 """
