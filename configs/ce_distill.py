@@ -52,6 +52,5 @@ def get_config(arg=None):
     config_lib.runlocal(cfg)
     cfg.data.num_hard_negatives = args.hard
     cfg.teacher.num_layers = 1
-    cfg.cross_encoder.dual_encoder.update(num_layers=1, batch_size=128)
     cfg.cross_encoder.mine_depth = 10
   return cfg

@@ -46,7 +46,6 @@ def get_config(arg=None):
   if args.runlocal:
     config_lib.runlocal(cfg)
     cfg.student.num_layers = 1
-    cfg.cross_encoder.dual_encoder.update(num_layers=1, batch_size=128)
     cfg.data.num_hard_negatives = args.hard if args.negatives == "hard" else 0
     cfg.cross_encoder.update(mine_depth=10, rerank_k=5, batch_size=16)
     cfg.eval.k = 10

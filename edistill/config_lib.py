@@ -160,6 +160,7 @@ def runlocal(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   cfg.data.source, cfg.data.corpus_size = "stdlib", 600
   cfg.data.max_query_length, cfg.data.max_doc_length = 16, 32
   cfg.teacher.num_layers, cfg.teacher.batch_size = 1, 128
+  cfg.cross_encoder.dual_encoder.num_layers, cfg.cross_encoder.dual_encoder.batch_size = 1, 128
   cfg.student.num_layers = 1
   cfg.train.update(batch_size=8, steps=2, warmup_steps=0, log_every=1, checkpoint_every=0)
   cfg.eval.scann = False

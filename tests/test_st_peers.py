@@ -43,4 +43,3 @@ def test_every_peer_recipe_trains_and_is_scored_against_the_teacher(tmp_path, ti
       assert r["edistill_ratio"] == pytest.approx(0.5 / r["mrr@10"], rel=1e-6), recipe
       assert r["edistill_ratio_lo"] - 1e-9 <= r["edistill_ratio"] <= r["edistill_ratio_hi"] + 1e-9, recipe
   assert "| mnrl |" in (tmp_path / "peers" / "peers_test.md").read_text()
-

@@ -115,19 +115,23 @@ def train_loss(params, batch, rng, *, model: ce_lib.CrossEncoder, temperature: f
   return losses.total_loss(terms, {"label": 1.0})
 
 
-def _training_data(cfg):
-  """The train split (``embed_distill.training_data``) with ``cross_encoder.mine``'s hard negatives: BM25's
-  top ``mine_depth``, or those of the dual encoder ``cross_encoder.dual_encoder`` (its cached tables),
-  likely false negatives left out (``data/mining.py``)."""
+def _training_data(cfg, dual_encoder: bool = False):
+  """(data, dual): the train split (``embed_distill.training_data``) with ``cross_encoder.mine``'s hard
+  negatives (BM25's top ``mine_depth``, or those of the dual encoder ``cross_encoder.dual_encoder``,
+  likely false negatives left out: ``data/mining.py``), and that dual encoder as (its ``Pretrained``,
+  its cached ``{"queries", "docs"}`` tables), loaded once when it mines or ``dual_encoder`` is set,
+  else None."""
   data = embed_distill.training_data(cfg)
   ce = cfg.cross_encoder
+  dual = None
+  if dual_encoder or ce.mine == "teacher":  # Mining changes no id or text: the tables serve both.
+    tpre = zoo.load_from_config(ce.dual_encoder)
+    dual = tpre, embed_distill.teacher_tables(tpre, data, cfg.data, ce.dual_encoder.batch_size)
   if ce.mine == "bm25":
     data = with_mined_negatives(data, ce.mine_depth)
   elif ce.mine == "teacher":
-    tables = embed_distill.teacher_tables(zoo.load_from_config(ce.dual_encoder), data, cfg.data,
-                                          ce.dual_encoder.batch_size)
-    data = embed_distill.with_teacher_negatives(data, tables, ce.mine_depth)
-  return data
+    data = embed_distill.with_teacher_negatives(data, dual[1], ce.mine_depth)
+  return data, dual
 
 
 def build_train(cfg, process_index: int = 0, process_count: int = 1) -> loop.Setup:
@@ -136,7 +140,7 @@ def build_train(cfg, process_index: int = 0, process_count: int = 1) -> loop.Set
   template = ce_lib.PairTemplate.from_tokenizer(pre.tokenizer)
   bq, bd = template.budgets(cfg.data.max_query_length, cfg.data.max_doc_length)
   content = ce_lib.ContentOnly(pre.tokenizer)
-  data = _training_data(cfg)
+  data, _ = _training_data(cfg)
   base = pipeline.from_retrieval_set(data, content, content, bq, bd, cfg.train.batch_size, cfg.data.num_hard_negatives,
                                      cfg.seed, process_index, process_count)
   pipe = DerivedPipeline(base, functools.partial(
@@ -179,7 +183,7 @@ def teacher_outputs(model: ce_lib.CrossEncoder, params, tokenizer, data, example
 def build_distill(cfg, process_index: int = 0, process_count: int = 1) -> loop.Setup:
   """``loop.Setup`` for a dual-encoder student of a trained cross-encoder (``teacher.kind="cross"``)."""
   loss = objective.loss_config(cfg.loss)
-  data = _training_data(cfg)
+  data, dual = _training_data(cfg, dual_encoder=cfg.student.kind == "asymmetric")
   student_pre, student, params = embed_distill.student_parts(cfg)
   base = embed_distill.student_pipeline(cfg, data, student_pre.tokenizer, process_index, process_count)
   tx = embed_distill.optimizer(cfg.train)
@@ -190,7 +194,8 @@ def build_distill(cfg, process_index: int = 0, process_count: int = 1) -> loop.S
   table = {teachers.CrossEncoderTeacher.BATCH_KEYS[signal[k]]: v for k, v in outputs.items()}
   s_dim, rng = student.query_encoder.output_dim, jax.random.key(cfg.seed + 1)
   if cfg.student.kind == "asymmetric":
-    teacher, teacher_params = _asymmetric_parts(cfg, data, student_pre, params, loss, model.config.hidden_size, rng)
+    teacher, teacher_params = _asymmetric_parts(cfg, data, dual, student_pre, params, loss, model.config.hidden_size,
+                                                rng)
   else:
     embed_distill.add_projections(params, s_dim, model.config.hidden_size, rng, query=bool(loss.query_emb),
                                   doc=bool(loss.doc_emb))
@@ -200,15 +205,13 @@ def build_distill(cfg, process_index: int = 0, process_count: int = 1) -> loop.S
   return loop.Setup(pipe, student, teacher, teacher_params, params, student_pre.tokenizer, tx, loss, step, data=data)
 
 
-def _asymmetric_parts(cfg, data, student_pre, params, loss, ce_dim: int, rng):
+def _asymmetric_parts(cfg, data, dual, student_pre, params, loss, ce_dim: int, rng):
   """(teacher, teacher params) of an asymmetric student of a CE: it scores its projected queries against
-  the dual encoder ``cross_encoder.dual_encoder``'s document table (``query_projection``, started at the
-  least-squares fit of its queries onto the dual encoder's, as ``embed_distill`` starts it) and matches
-  the CE's pooled query vectors through a head of its own (``query_match_projection``, identity when
-  the widths agree). Adds both heads to ``params``."""
-  de = cfg.cross_encoder.dual_encoder
-  tpre = zoo.load_from_config(de)
-  tables = embed_distill.teacher_tables(tpre, data, cfg.data, de.batch_size)
+  the dual encoder's document table (``dual``: ``_training_data``'s; ``query_projection``, started at
+  the least-squares fit of its queries onto the dual encoder's, as ``embed_distill`` starts it) and
+  matches the CE's pooled query vectors through a head of its own (``query_match_projection``,
+  identity when the widths agree). Adds both heads to ``params``."""
+  tpre, tables = dual
   s_dim = student_pre.module.output_dim
   if s_dim != tables["docs"].shape[1]:
     params["query_projection"] = embed_distill.lstsq_start(cfg, student_pre, data, tables["queries"])
@@ -216,7 +219,7 @@ def _asymmetric_parts(cfg, data, student_pre, params, loss, ce_dim: int, rng):
     params["query_match_projection"] = (
         {"kernel": np.eye(s_dim, dtype=np.float32), "bias": np.zeros(s_dim, np.float32)} if s_dim == ce_dim
         else init_projection(jax.random.fold_in(rng, 0), s_dim, ce_dim))
-  docs = teachers.Teacher(tpre.module, "precomputed", de.get("table_dtype", "float32"))
+  docs = teachers.Teacher(tpre.module, "precomputed", cfg.cross_encoder.dual_encoder.get("table_dtype", "float32"))
   return teachers.CrossEncoderTeacher(docs=docs), {"docs": tables["docs"]}
 
 
