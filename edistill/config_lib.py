@@ -247,10 +247,6 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   if cfg.data.bucket_window < 0 or cfg.data.pad_multiple < 0:
     raise ValueError(f"config.data.bucket_window={cfg.data.bucket_window} / pad_multiple={cfg.data.pad_multiple} "
                      "must be >= 0 (0 = off).")
-  from edistill import recipes  # Lazy: the recipes import the whole package.
-  if (cfg.data.bucket_window or cfg.data.pad_multiple) and recipes.of(cfg).packs_pairs:
-    raise ValueError("config.data.bucket_window / pad_multiple are for dual-encoder training; cross-encoder "
-                     "training and CE distillation pack pairs to a fixed length (set them to 0).")
   if cfg.data.teacher_negatives < 0:
     raise ValueError(f"config.data.teacher_negatives={cfg.data.teacher_negatives} must be >= 0 (0 = off).")
   if cfg.data.teacher_negatives and (cfg.data.num_hard_negatives < 1 or cfg.teacher.mode != "precomputed"
@@ -286,6 +282,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.train.grad_cache_chunk={cfg.train.grad_cache_chunk} must be 0 (off) or a positive "
                      f"divisor of config.train.batch_size={cfg.train.batch_size}.")
   _validate_cross_encoder(cfg)
+  from edistill import recipes  # Lazy: the recipes import the whole package.
   if cfg.train.grad_cache_chunk and recipes.of(cfg).packs_pairs:
     raise ValueError("config.train.grad_cache_chunk is for dual-encoder students; cross-encoder training and "
                      "CE distillation use the plain step (set it to 0).")

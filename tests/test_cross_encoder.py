@@ -187,6 +187,49 @@ def test_ce_training_loss_is_the_listwise_softmax_ce(fixtures):
   np.testing.assert_allclose(metrics["label/loss"], np.mean(per_row), rtol=1e-5)
 
 
+def test_trimmed_ce_batches_drop_only_padding_and_agree_across_hosts(fixtures):
+  """``data.pad_multiple`` for CE training: each global batch is cut to its longest pair rounded up
+  to the multiple (the same on every host), the cut columns are padding, and the loss is unchanged."""
+  _, model, params = _model(fixtures, "bert", "cls")
+  for negatives, hard in (("hard", 2), ("in_batch", 0)):
+    base = _content_pipeline(batch_size=4, hard=hard)
+    other = pipeline.Pipeline(base.examples, base.queries, base.docs, 4, positives=base.positives, process_index=0,
+                              process_count=2)
+    kw = dict(template=BERT_LIKE, length=20, negatives=negatives)
+    widths = []
+    for step in range(3):
+      full = ce.DerivedPipeline(base, lambda b, r, l: ce.pair_batch(b, r, l, base=base, **kw)).batch(step)
+      cut = ce.DerivedPipeline(base, lambda b, r, l: ce.pair_batch(b, r, l, base=base, multiple=4, **kw)).batch(step)
+      host0 = ce.DerivedPipeline(other, lambda b, r, l: ce.pair_batch(b, r, l, base=other, multiple=4, **kw)).batch(step)
+      width = cut["input_ids"].shape[-1]
+      widths.append(width)
+      longest = max(full["attention_mask"].sum(-1).max(), host0["attention_mask"].sum(-1).max())
+      assert width % 4 == 0 and longest <= width < longest + 4 and width <= 20
+      assert host0["input_ids"].shape[-1] == width  # The global batch's shape, on both hosts.
+      for k in ce_lib.PAIR_KEYS:
+        np.testing.assert_array_equal(cut[k], full[k][..., :width])
+      assert not full["attention_mask"][..., width:].any()
+      if negatives == "hard":
+        losses_ = [ce.train_loss(params, b, jax.random.key(0), model=model, temperature=0.5, deterministic=True)[0]
+                   for b in (full, cut)]
+        np.testing.assert_allclose(losses_[1], losses_[0], rtol=1e-5)
+    assert min(widths) < 20  # Some batch is actually cut.
+  assert ce_lib.pair_length_of(np.array([5, 9]), 20, 4) == 12 and ce_lib.pair_length_of(np.array([19]), 20, 8) == 20
+  assert ce_lib.pair_length_of(np.array([5]), 20, 0) == 20
+
+
+def test_predict_batches_by_length_and_returns_the_pairs_order(fixtures):
+  _, model, params = _model(fixtures, "bert", "dual")
+  pairs = _pairs(5, 23)
+  full = ce_lib.predict(model, params, pairs, batch_size=5, pooled=True, multiple=0)
+  cut = ce_lib.predict(model, params, pairs, batch_size=5, pooled=True, multiple=4)
+  direct = np.asarray(ce_lib.apply_flat(model, params, pairs))
+  for k in full:
+    np.testing.assert_allclose(cut[k], full[k], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(cut["scores"], direct, rtol=1e-5, atol=1e-6)
+  assert np.std(direct) > 1e-3
+
+
 # ---------------------------------------------------------------- CE -> DE losses against NumPy
 class _FixedStudent:
   """A 'dual encoder' whose embeddings are its parameters: isolates the loss arithmetic."""
@@ -403,10 +446,6 @@ def test_ce_configs_fail_loudly_on_bad_settings():
   cfg = _load("cross_encoder", "head=cls")
   cfg.data.num_hard_negatives = 0
   with pytest.raises(ValueError, match="num_hard_negatives >= 1"):
-    config_lib.validate(cfg)
-  cfg = _load("cross_encoder", "head=cls")
-  cfg.data.bucket_window = 8  # Would be silently ignored by the CE pipelines.
-  with pytest.raises(ValueError, match="bucket_window / pad_multiple are for dual-encoder"):
     config_lib.validate(cfg)
 
 

@@ -133,6 +133,14 @@ def pack_pairs(template: PairTemplate, q_ids: np.ndarray, q_len: np.ndarray, d_i
   return {k: v.astype(np.int32).reshape(*lead, length) for k, v in out.items()}
 
 
+def pair_length(template: PairTemplate, content: np.ndarray, static: int, multiple: int) -> int:
+  """Columns that pairs with ``content`` query + document content tokens (any shape) need: the longest
+  pair with its special tokens, rounded up to ``multiple``, at most ``static`` (``multiple`` 0: ``static``).
+  Packing is left-aligned and padding masked, so the dropped columns change no score."""
+  specials = len(template.prefix) + len(template.middle) + len(template.suffix)
+  return pair_length_of(np.asarray(content) + specials, static, multiple)
+
+
 def tokenize_pairs(tokenizer, queries: Sequence[str], docs: Sequence[str], max_query_length: int,
                    max_doc_length: int, template: PairTemplate | None = None) -> dict[str, np.ndarray]:
   """(query, document) texts -> packed pair arrays ``[N, max_query_length + max_doc_length]``."""
@@ -215,11 +223,14 @@ def apply_flat(model: CrossEncoder, params, pairs: dict, deterministic: bool = T
 
 
 def predict(model: CrossEncoder, params, pairs: dict[str, np.ndarray], batch_size: int = 64,
-            pooled: bool = False, desc: str | None = None) -> dict[str, np.ndarray]:
+            pooled: bool = False, desc: str | None = None, multiple: int = 8) -> dict[str, np.ndarray]:
   """Scores (and, with ``pooled``, the dual head's vectors) of ``N`` packed pairs, in batches.
 
-  Returns ``{"scores": [N]}`` (+ ``"query_vectors"``, ``"doc_vectors"`` ``[N, H]``), float32 NumPy.
-  The last batch is padded with copies of its first row, so one static shape compiles once.
+  Returns ``{"scores": [N]}`` (+ ``"query_vectors"``, ``"doc_vectors"`` ``[N, H]``), float32 NumPy, in
+  the pairs' order. With ``multiple`` > 0 the pairs are batched shortest first and each batch is cut
+  to its longest pair rounded up to ``multiple`` (at most L / multiple shapes compile; the outputs
+  are those of the full length, the padding being masked), else every batch keeps the full length.
+  The last batch is padded with copies of its first row, so each length compiles once.
   """
   from tqdm.auto import tqdm
 
@@ -231,14 +242,31 @@ def predict(model: CrossEncoder, params, pairs: dict[str, np.ndarray], batch_siz
 
   fn = xla_options.inference_jit(fn)
   params = jax.device_put(params)
-  n = len(pairs["input_ids"])
+  n, static = pairs["input_ids"].shape
+  lengths = pairs["attention_mask"].sum(-1)
+  order = np.argsort(lengths, kind="stable") if multiple else np.arange(n)
   parts = []
   for start in tqdm(range(0, n, batch_size), desc=desc, disable=desc is None):
-    chunk = {k: v[start:start + batch_size] for k, v in pairs.items() if k in PAIR_KEYS}
-    pad = batch_size - len(chunk["input_ids"])
+    rows = order[start:start + batch_size]
+    width = pair_length_of(lengths[rows], static, multiple)
+    chunk = {k: v[rows, :width] for k, v in pairs.items() if k in PAIR_KEYS}
+    pad = batch_size - len(rows)
     chunk = {k: np.concatenate([v, np.repeat(v[:1], pad, 0)]) for k, v in chunk.items()}
     parts.append(jax.tree.map(lambda x: np.asarray(x)[:batch_size - pad], fn(params, chunk)))
-  return {k: np.concatenate([p[k] for p in parts]).astype(np.float32) for k in parts[0]} if parts else {}
+  if not parts:
+    return {}
+  out = {k: np.concatenate([p[k] for p in parts]).astype(np.float32) for k in parts[0]}
+  inverse = np.empty(n, np.int64)
+  inverse[order] = np.arange(n)
+  return {k: v[inverse] for k, v in out.items()}
+
+
+def pair_length_of(lengths: np.ndarray, static: int, multiple: int) -> int:
+  """The longest of packed pairs' ``lengths`` (specials included) rounded up to ``multiple``, at most
+  ``static`` (``multiple`` 0: ``static``)."""
+  if not multiple:
+    return static
+  return min(static, -(-int(np.max(lengths, initial=1)) // multiple) * multiple)
 
 
 def load(enc_cfg, ce_cfg) -> tuple[CrossEncoder, Any]:

@@ -86,8 +86,9 @@ class DerivedPipeline:
 
 
 def pair_batch(batch: dict, rows: np.ndarray, local: slice, *, base: pipeline.Pipeline,
-               template: ce_lib.PairTemplate, length: int, negatives: str) -> dict[str, np.ndarray]:
-  """A content-token pipeline batch -> CE training pairs (see module doc)."""
+               template: ce_lib.PairTemplate, length: int, negatives: str, multiple: int = 0) -> dict[str, np.ndarray]:
+  """A content-token pipeline batch -> CE training pairs (see module doc), ``length`` columns, or with
+  ``multiple`` > 0 the GLOBAL batch's longest pair rounded up to it (every host packs the same shape)."""
   q_ids, q_len = batch["query_input_ids"], batch["query_attention_mask"].sum(-1)
   b = len(q_ids)
   if negatives == "hard":
@@ -102,6 +103,11 @@ def pair_batch(batch: dict, rows: np.ndarray, local: slice, *, base: pipeline.Pi
   else:
     raise ValueError(f"unknown cross_encoder.negatives {negatives!r}; expected one of {NEGATIVES}.")
   k = d_ids.shape[1]
+  if multiple:
+    q_all = base.queries.lengths[base.examples.query[rows]]  # [B] content tokens of the global batch.
+    d_all = base.docs.lengths[base.examples.docs[rows]]  # [B, C]
+    content = q_all[:, None] + d_all if negatives == "hard" else q_all.max() + d_all[:, 0].max()
+    length = ce_lib.pair_length(template, content, length, multiple)
   pairs = ce_lib.pack_pairs(template, np.broadcast_to(q_ids[:, None], (b, k, q_ids.shape[-1])),
                             np.broadcast_to(q_len[:, None], (b, k)), d_ids, d_len, length)
   return {**pairs, "positive_col": positive_col, "candidate_mask": candidate_mask}
@@ -142,10 +148,10 @@ def build_train(cfg, process_index: int = 0, process_count: int = 1) -> loop.Set
   content = ce_lib.ContentOnly(pre.tokenizer)
   data, _ = _training_data(cfg)
   base = pipeline.from_retrieval_set(data, content, content, bq, bd, cfg.train.batch_size, cfg.data.num_hard_negatives,
-                                     cfg.seed, process_index, process_count)
+                                     cfg.seed, process_index, process_count, cfg.data.bucket_window)
   pipe = DerivedPipeline(base, functools.partial(
       pair_batch, base=base, template=template, length=cfg.data.max_query_length + cfg.data.max_doc_length,
-      negatives=cfg.cross_encoder.negatives))
+      negatives=cfg.cross_encoder.negatives, multiple=cfg.data.pad_multiple))
   tx = embed_distill.optimizer(cfg.train)
   loss_fn = lambda p, _, batch, rng: train_loss(p, batch, rng, model=model, temperature=cfg.cross_encoder.temperature)
   return loop.Setup(pipe, model, None, None, ce_lib.init_params(model, ce_lib.encoder_params(pre)), pre.tokenizer, tx,
