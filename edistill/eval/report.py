@@ -41,7 +41,7 @@ def results_table(rows: dict[str, dict[str, float]], teacher: str | None = "teac
   head = ["model", *metrics]
   ref = rows.get(teacher, {}).get("mrr@10") if teacher else None
   if ref:
-    head.append("% teacher MRR@10")
+    head.append(f"% {teacher} MRR@10")
   ci = bool(ref) and any("teacher_pct_lo" in r for r in rows.values())
   if ci:
     head.append("95 % interval")  # Paired bootstrap over the queries (teacher_intervals).
@@ -60,11 +60,14 @@ def results_table(rows: dict[str, dict[str, float]], teacher: str | None = "teac
 
 
 def write_results(workdir: str | os.PathLike, split: str, rows: dict[str, dict[str, float]], header: str = "",
-                  per_query: dict[str, dict[str, float]] | None = None, metrics: Sequence[str] = METRICS) -> Path:
+                  per_query: dict[str, dict[str, float]] | None = None, metrics: Sequence[str] = METRICS,
+                  teacher: str = "teacher") -> Path:
   """``results_<split>.json`` and ``results_<split>.md`` in the workdir (atomic writes), and
-  ``per_query_<split>.json`` ({model: {query id: RR@10}}) when ``per_query`` is given."""
+  ``per_query_<split>.json`` ({model: {query id: RR@10}}) when ``per_query`` is given; the table's
+  shares are of the ``teacher`` row's MRR@10."""
   workdir = epath.Path(workdir)  # Local or gs://.
-  files = [(f"results_{split}.json", json.dumps(rows, indent=2)), (f"results_{split}.md", header + results_table(rows, metrics=metrics))]
+  files = [(f"results_{split}.json", json.dumps(rows, indent=2)),
+           (f"results_{split}.md", header + results_table(rows, teacher=teacher, metrics=metrics))]
   if per_query:
     files.append((f"per_query_{split}.json", json.dumps(per_query, indent=1, sort_keys=True)))
   for name, text in files:

@@ -5,7 +5,9 @@ The first stage (``cross_encoder.first_stage``) is BM25 or the dual encoder
 evaluated as they are ("first_stage"), then the CE scores the top ``cross_encoder.rerank_k``
 (query, document) pairs and those are ranked by the CE's scores alone
 ("reranked"; documents below rank k are not returned, so its recall@100 is the first stage's
-recall@k). Metrics follow trec_eval conventions (``eval/metrics.py``).
+recall@k). Metrics follow trec_eval conventions (``eval/metrics.py``). The re-ranked row carries its
+MRR@10 as a share of the first stage's with the paired bootstrap interval over the queries
+(``teacher_pct_lo``/``_hi`` against ``first_stage``): above 100 at the lower end, the CE's gain is real.
 """
 from __future__ import annotations
 
@@ -77,21 +79,26 @@ def run(cfg, workdir: str | Path, split: str | None = None, params=None,
   data = load_split(cfg, split)
   k = cfg.cross_encoder.rerank_k
   idx, scores = first_stage(cfg, data, max(k, cfg.eval.k))
-  rows = {"first_stage": metrics_lib.evaluate(metrics_lib.run_from_topk(data.query_ids, data.doc_ids, idx, scores),
-                                              data.qrels, metrics)}
+  run_fs = metrics_lib.run_from_topk(data.query_ids, data.doc_ids, idx, scores)
+  rows = {"first_stage": {**metrics_lib.evaluate(run_fs, data.qrels, metrics),
+                          report.PER_QUERY: metrics_lib.mrr(run_fs, data.qrels, 10)}}
   top = idx[:, :k]
   start = time.perf_counter()
   ce_scores = rerank_scores(model, params, pre.tokenizer, data, top, cfg.data.max_query_length,
                             cfg.data.max_doc_length, cfg.cross_encoder.batch_size)
   seconds = time.perf_counter() - start
-  rows["reranked"] = {**metrics_lib.evaluate(metrics_lib.run_from_topk(data.query_ids, data.doc_ids, top, ce_scores),
-                                             data.qrels, metrics),
+  run_ce = metrics_lib.run_from_topk(data.query_ids, data.doc_ids, top, ce_scores)
+  rows["reranked"] = {**metrics_lib.evaluate(run_ce, data.qrels, metrics),
+                      report.PER_QUERY: metrics_lib.mrr(run_ce, data.qrels, 10),
                       "params_m": evaluator.count_params(params) / 1e6,
                       "query_ms": 1000 * seconds / max(len(data.query_ids), 1)}
+  rows, per_query = report.teacher_intervals(rows, teacher="first_stage")
   header = (f"# {cfg.data.source} {split}: {len(data.query_ids)} queries, {len(data.doc_ids)} documents\n\n"
             f"first_stage = {cfg.cross_encoder.first_stage} (exact top {cfg.eval.k}); reranked = its top {k} "
             f"re-scored by the {cfg.cross_encoder.head!r}-head cross-encoder ({enc_cfg.name}, "
-            f"{model.config.num_layers} layers); query_ms = CE time per query for {k} pairs (batched, CPU).\n\n")
-  report.write_results(workdir, split, rows, header, metrics=metrics)
-  logging.info("\n%s", report.results_table(rows, teacher=None, metrics=metrics))
+            f"{model.config.num_layers} layers); query_ms = CE time per query for {k} pairs (batched, CPU); "
+            f"% first stage = MRR@10 as a share of the first stage's, 95 % interval: paired bootstrap over these "
+            f"queries (per_query_{split}.json; above 100 = the re-ranking gains).\n\n")
+  report.write_results(workdir, split, rows, header, per_query, metrics=metrics, teacher="first_stage")
+  logging.info("\n%s", report.results_table(rows, teacher="first_stage", metrics=metrics))
   return rows

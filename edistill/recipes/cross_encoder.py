@@ -264,7 +264,7 @@ def _process0_first(build: Callable) -> Callable:
 
 def reranker_results(cfg, workdir) -> str:
   """First stage and CE re-ranking on ``cfg.eval.split`` (``eval/rerank.py``)."""
-  return report.results_table(rerank.run(cfg, workdir), teacher=None)
+  return report.results_table(rerank.run(cfg, workdir), teacher="first_stage")
 
 
 registry.register(registry.Recipe("cross_encoder", _process0_first(build_train), "rerank", reranker_results,
