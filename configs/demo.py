@@ -47,6 +47,7 @@ def similarity_config():
   cfg.mode = "similarity"
   cfg.teacher = config_lib.encoder_config("mpnet-base")
   cfg.student = config_lib.encoder_config("minilm-l6")
+  cfg.data = config_lib.ml_collections.ConfigDict({"max_query_length": 32, "max_doc_length": 128})
   cfg.queries = [
       "a large natural stream of water",
       "a domesticated carnivorous mammal kept as a pet",

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import ml_collections
+from etils import epath
 
 from edistill import checkpoint, mesh, objective
 from edistill.data import benchmarks, formats
@@ -40,6 +41,47 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(out)
 
 
+# Fields a workdir's config.json may still carry from an older edistill: dropped on reading, logged.
+RETIRED_FIELDS = {"max_length": "token lengths are config.data.max_query_length / max_doc_length"}
+
+
+def from_json(path: str | os.PathLike) -> ml_collections.ConfigDict:
+  """The config a workdir was trained with, from its ``config.json`` (what ``--mode eval`` reads when
+  no ``--config`` is given, and ``configs/workdir.py``): ``base_config()`` updated with the file's
+  values (lists become tuples where the field is one), keys the base lacks kept as written, retired
+  fields (``RETIRED_FIELDS``) dropped. A missing or unreadable file raises naming it."""
+  import json
+  from absl import logging
+  path = epath.Path(path)  # Local or gs://.
+  try:
+    raw = json.loads(path.read_text())
+  except FileNotFoundError:
+    raise FileNotFoundError(f"{path}: no config.json (a workdir gets one when training starts); pass --config.") from None
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path}: not valid JSON ({e}).") from None
+  if not isinstance(raw, dict):
+    raise ValueError(f"{path}: expected a JSON object of config fields.")
+
+  def merge(base: ml_collections.ConfigDict, values: dict, where: str) -> None:
+    for key, value in values.items():
+      name = f"{where}{key}"
+      if key in RETIRED_FIELDS and key not in base:
+        logging.warning("%s: dropped retired field %s (%s).", path, name, RETIRED_FIELDS[key])
+      elif isinstance(value, dict) and isinstance(base.get(key), ml_collections.ConfigDict):
+        merge(base[key], value, f"{name}.")
+      elif key in base and isinstance(base[key], tuple) and isinstance(value, list):
+        base[key] = tuple(value)
+      elif key in base and base[key] is not None and value is not None and not isinstance(value, type(base[key])) \
+          and not (isinstance(base[key], float) and isinstance(value, int)):
+        raise ValueError(f"{path}: {name}={value!r} is not a {type(base[key]).__name__} like the field it sets.")
+      else:
+        base[key] = ml_collections.ConfigDict(value) if isinstance(value, dict) else value
+
+  cfg = base_config()
+  merge(cfg, raw, "")
+  return cfg
+
+
 def load_config(spec: str | os.PathLike) -> ml_collections.ConfigDict:
   """``get_config(arg)`` of a config file named as on the command line: ``"path/X.py[:arg]"``."""
   import importlib.util
@@ -52,14 +94,16 @@ def load_config(spec: str | os.PathLike) -> ml_collections.ConfigDict:
   return module.get_config(arg or None)
 
 
-def encoder_config(name: str, max_length: int = 128, num_layers: int = 0, pooling: str = "mean",
+def encoder_config(name: str, num_layers: int = 0, pooling: str = "mean",
                    normalize: bool = True) -> ml_collections.ConfigDict:
   """One encoder: a zoo name or local HF directory, its head, and ``num_layers`` (0 = all).
 
   ``dropout`` < 0 keeps the checkpoint's own dropout rates; >= 0 sets both (hidden and attention).
+  Token lengths are the data's (``data.max_query_length`` / ``data.max_doc_length``), the same for
+  every encoder that reads a text, so a student and its teacher always see the same tokens.
   """
   return ml_collections.ConfigDict({
-      "name": name, "max_length": max_length, "num_layers": num_layers,
+      "name": name, "num_layers": num_layers,
       "pooling": pooling, "normalize": normalize, "dtype": "float32", "dropout": -1.0})
 
 
@@ -197,8 +241,6 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
       raise ValueError(f"config.{key}.pooling={enc.pooling!r}; expected 'mean' or 'cls'.")
     if enc.dtype not in ("float32", "bfloat16"):
       raise ValueError(f"config.{key}.dtype={enc.dtype!r}; expected 'float32' or 'bfloat16'.")
-    if enc.max_length < 4:
-      raise ValueError(f"config.{key}.max_length={enc.max_length} is too short.")
     if enc.num_layers < 0:
       raise ValueError(f"config.{key}.num_layers={enc.num_layers} must be >= 0 (0 = all layers).")
     if enc.get("dropout", -1.0) >= 1:

@@ -30,11 +30,12 @@ from edistill import config_lib, distributed, host
 from edistill.retrieval import encode as encode_lib
 from edistill.models import zoo
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/X.py[:arg]).",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file (configs/X.py[:arg]); absent: the config.json --workdir was trained with.",
+    lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
 _MODE = flags.DEFINE_enum("mode", None, list(config_lib.MODES), "Overrides config.mode.")
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flags_as_required(["workdir"])
 
 
 def embed(pre: zoo.Pretrained, texts, max_length: int) -> np.ndarray:
@@ -59,8 +60,8 @@ def run_similarity(config, workdir: Path) -> str:
     enc = config[role]
     start = time.perf_counter()
     pre = zoo.load_from_config(enc)
-    q = embed(pre, list(config.queries), enc.max_length)
-    d = embed(pre, list(config.documents), enc.max_length)
+    q = embed(pre, list(config.queries), config.data.max_query_length)
+    d = embed(pre, list(config.documents), config.data.max_doc_length)
     n_params = sum(x.size for x in jax.tree.leaves(pre.params))
     logging.info("%s %s: %.1fM params, encoded in %.1fs", role, enc.name, n_params / 1e6,
                  time.perf_counter() - start)
@@ -102,11 +103,15 @@ def run_export(config, workdir) -> str:
 
 
 class _QuietLibraries(std_logging.Filter):
-  """Drops INFO chatter from Orbax and JAX internals (one line per checkpoint phase); keeps warnings."""
+  """Drops INFO chatter from Orbax, JAX internals and TFDS (one line per checkpoint phase, per dataset
+  info read), and TFDS's "Variant folder ... has no dataset_info.json" (it probes a copy it is still
+  writing); keeps every other warning."""
 
   def filter(self, record: std_logging.LogRecord) -> bool:
+    if "/tensorflow_datasets/" in record.pathname and "Variant folder" in str(record.msg):
+      return False
     return record.levelno >= std_logging.WARNING or not any(
-        part in record.pathname for part in ("/orbax/", "/jax/_src/"))
+        part in record.pathname for part in ("/orbax/", "/jax/_src/", "/tensorflow_datasets/"))
 
 
 def main(argv):
@@ -114,6 +119,9 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.get_absl_handler().addFilter(_QuietLibraries())
   config = _CONFIG.value
+  if config is None:  # Evaluate / export / resume a workdir as it was trained.
+    config = config_lib.from_json(epath.Path(_WORKDIR.value) / "config.json")
+    logging.info("config: %s", epath.Path(_WORKDIR.value) / "config.json")
   if _MODE.value:
     with config.unlocked():
       config.mode = _MODE.value

@@ -277,3 +277,48 @@ def test_export_mode_writes_the_asymmetric_query_tower_as_the_model_retrieval_us
   got = np.asarray(exported.module.apply({"params": jax.device_put(exported.params)}, batch["input_ids"],
                                          batch["attention_mask"]))
   np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("spec", ["configs/demo.py", "configs/ablation.py:row=unlab,student=l2",
+                                  "configs/cross_encoder.py:head=dual", "configs/ce_distill.py:kind=asymmetric,head=dual"])
+def test_a_workdirs_config_json_reads_back_as_the_config_that_wrote_it(tmp_path, spec):
+  import json
+  cfg = config_lib.load_config(ROOT / spec)
+  raw = json.loads(cfg.to_json_best_effort())
+  raw["student"]["max_length"] = 128  # A retired field an older config.json still carries: dropped.
+  (tmp_path / "config.json").write_text(json.dumps(raw))
+  back = config_lib.from_json(tmp_path / "config.json")
+  assert json.loads(back.to_json_best_effort()) == json.loads(cfg.to_json_best_effort())
+  assert back.eval.models == cfg.eval.models and isinstance(back.eval.models, tuple)
+  config_lib.validate(back)
+  raw["train"]["steps"] = "many"
+  (tmp_path / "config.json").write_text(json.dumps(raw))
+  with pytest.raises(ValueError, match=r"config.json: train.steps='many' is not a int"):
+    config_lib.from_json(tmp_path / "config.json")
+  with pytest.raises(FileNotFoundError, match="no config.json"):
+    config_lib.from_json(tmp_path / "nowhere" / "config.json")
+
+
+def test_without_config_the_workdirs_own_config_json_is_used(tmp_path, tiny_ckpts):
+  cfg = config_lib.load_config(ROOT / "configs/demo.py:similarity")
+  cfg.teacher.name, cfg.student.name = str(tiny_ckpts["mpnet"]), str(tiny_ckpts["bert"])
+  cfg.student.num_layers, cfg.student.pooling = 1, "cls"
+  (tmp_path / "work").mkdir()
+  (tmp_path / "work" / "config.json").write_text(cfg.to_json_best_effort(indent=2))
+  proc = subprocess.run([sys.executable, "-m", "edistill.main", "--workdir", str(tmp_path / "work")],
+                        capture_output=True, text=True, cwd=ROOT, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert (tmp_path / "work" / "similarity.md").read_text().count("| query |") == 2
+  empty = subprocess.run([sys.executable, "-m", "edistill.main", "--workdir", str(tmp_path / "none"), "--mode=eval"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+  assert empty.returncode != 0 and "no config.json" in empty.stderr and "pass --config" in empty.stderr
+
+
+def test_no_pytorch_advice_on_import_where_torch_is_absent():
+  hide = "import sys; sys.modules['torch'] = None; "  # transformers then finds no torch, as on a JAX-only install.
+  import os
+  env = {k: v for k, v in os.environ.items() if k != "TRANSFORMERS_NO_ADVISORY_WARNINGS"}  # This process set it.
+  run = lambda code: subprocess.run([sys.executable, "-c", hide + code], capture_output=True, text=True, cwd=ROOT,
+                                    timeout=120, env=env).stderr
+  assert "PyTorch was not found" in run("import transformers")  # What a bare import prints.
+  assert "PyTorch was not found" not in run("import edistill.models.tokenization")

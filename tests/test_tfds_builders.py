@@ -16,9 +16,11 @@ def _beir(tmp_path):
                             {"train": {"q1": {"d1": 1}, "q2": {"d2": 2, "d3": 0}}, "test": {"q3": {"d3": 1}}})
 
 
-def test_beir_round_trip_and_reading_needs_no_raw_files(tmp_path):
+def test_beir_round_trip_and_reading_needs_no_raw_files(tmp_path, capfd):
   raw = _beir(tmp_path)
   b = tfds_builders.builder("beir", raw, tmp_path / "tfds")
+  out = capfd.readouterr()
+  assert "Downloading and preparing" not in out.out + out.err  # Nothing is downloaded: TFDS's banner is not true.
   shutil.rmtree(raw)
   b = tfds_builders.builder("beir", raw, tmp_path / "tfds")  # Prepared: the raw files are not needed.
   train = tfds_builders.load(b, "train")

@@ -17,6 +17,9 @@ biencoder-nq-{train,dev}.json). Files are written as array_record and read back 
 """
 from __future__ import annotations
 
+import contextlib
+import io
+
 import hashlib
 import os
 from pathlib import Path
@@ -80,7 +83,10 @@ def builder(kind: str, manual_dir: str | os.PathLike, data_dir: str | os.PathLik
     if not Path(manual_dir).is_dir() or not any(Path(manual_dir).iterdir()):
       raise DataError(f"{manual_dir}: missing or empty.\n{Retrieval.MANUAL_DOWNLOAD_INSTRUCTIONS}")
     logging.info("Preparing %s from %s into %s", kind, manual_dir, data_dir)
-    b.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
+    # TFDS prints "Downloading and preparing dataset Unknown size ..." to stdout; nothing is downloaded.
+    with contextlib.redirect_stdout(io.StringIO()):
+      b.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
+    logging.info("Prepared %s into %s", kind, b.data_dir)
   return b
 
 

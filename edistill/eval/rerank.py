@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from absl import logging
 
 from edistill.eval import evaluator, report
 from edistill.eval import metrics as metrics_lib
@@ -100,5 +99,4 @@ def run(cfg, workdir: str | Path, split: str | None = None, params=None,
             f"% first stage = MRR@10 as a share of the first stage's, 95 % interval: paired bootstrap over these "
             f"queries (per_query_{split}.json; above 100 = the re-ranking gains).\n\n")
   report.write_results(workdir, split, rows, header, per_query, metrics=metrics, teacher="first_stage")
-  logging.info("\n%s", report.results_table(rows, teacher="first_stage", metrics=metrics))
   return rows

@@ -176,7 +176,6 @@ def run(cfg, workdir: str | Path, split: str | None = None, student_params: dict
   rows, per_query = report.teacher_intervals(rows)
   if jax.process_index() == 0:  # Only process 0 writes results (every process computes them).
     report.write_results(workdir, name, rows, header, per_query, metrics=metrics)
-  logging.info("\n%s", report.results_table(rows, metrics=metrics))
   return rows
 
 
