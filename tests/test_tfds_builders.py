@@ -123,3 +123,19 @@ def test_split_sizes_are_configurable_and_keyed_into_the_prepared_copy(tmp_path)
   cfg.data.update(source="beir", path=str(tmp_path))
   with pytest.raises(ValueError, match="config.data.n_test / n_dev split an offline benchmark"):
     config_lib.validate(cfg)
+
+
+def test_a_users_directory_edited_in_place_is_prepared_again(tmp_path):
+  raw = _beir(tmp_path)
+  first = tfds_builders.load(tfds_builders.prepare("beir", str(raw), cache=tmp_path / "cache"), "train")
+  assert dict(zip(first.doc_ids, first.doc_texts))["d2"] == "Dogs bark."
+  again = tfds_builders.prepare("beir", str(raw), cache=tmp_path / "cache")  # Unchanged: the same copy.
+  assert again.data_dir == tfds_builders.prepare("beir", str(raw), cache=tmp_path / "cache").data_dir
+  corpus = raw / "corpus.jsonl"
+  corpus.write_text(corpus.read_text().replace("Dogs bark.", "Dogs bark loudly."))
+  edited = tfds_builders.load(tfds_builders.prepare("beir", str(raw), cache=tmp_path / "cache"), "train")
+  assert dict(zip(edited.doc_ids, edited.doc_texts))["d2"] == "Dogs bark loudly."
+  key = tfds_builders.files_key(raw)
+  assert tfds_builders.files_key(raw, errors="warn") != key  # A copy that dropped bad lines is another copy.
+  (raw / "extra.txt").write_text("x")
+  assert tfds_builders.files_key(raw) != key

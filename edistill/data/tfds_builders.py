@@ -121,6 +121,16 @@ def load(b: Retrieval, split: str) -> types.RetrievalSet:
   return types.RetrievalSet(doc_ids, doc_texts, query_ids, query_texts, qrels, hard)
 
 
+def files_key(path: str | os.PathLike, errors: str = "raise") -> str:
+  """What a prepared copy of a user's directory is keyed by: its absolute path, ``errors`` (what a
+  bad line does) and every file under it (relative name, size, mtime), so editing, adding or
+  removing a file prepares a fresh copy instead of reading the old one (a stat per file, no reading)."""
+  root = Path(path).absolute()
+  files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
+  stats = [(str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+  return hashlib.sha256(repr((str(root), errors, stats)).encode()).hexdigest()[:12]
+
+
 def prepare(source: str, path: str = "", corpus_size: int = 0, seed: int = 0, errors: str = "raise",
             cache: str | os.PathLike | None = None, *, n_test: int = 0, n_dev: int = 0) -> Retrieval:
   """A prepared builder for a config's data section.
@@ -138,8 +148,7 @@ def prepare(source: str, path: str = "", corpus_size: int = 0, seed: int = 0, er
   if source in KINDS:
     if not path:
       raise ValueError(f"config.data.path must name the {source} files' directory.")
-    key = hashlib.sha256(str(Path(path).absolute()).encode()).hexdigest()[:12]
-    return builder(source, path, root / "tfds" / f"{source}-{key}", errors)
+    return builder(source, path, root / "tfds" / f"{source}-{files_key(path, errors)}", errors)
   raise ValueError(f"config.data.source={source!r}; expected one of {sorted((*benchmarks.BENCHMARKS, *KINDS))}.")
 
 
