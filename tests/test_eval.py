@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from edistill.data.types import RetrievalSet
-from edistill.eval import evaluator, report, suite
+from edistill.eval import evaluator, metrics, report, suite
 from edistill import recipes
 from tests.test_train import _config
 
@@ -132,3 +132,27 @@ def test_cross_domain_evaluates_every_model_on_each_domain_in_one_table(tmp_path
   assert f"| stdlib-1000 | 500 | student | {rows['student']['mrr@10']:.4f} |" in table
   assert f"| {share:.1f} | {rows['student']['teacher_pct_lo']:.1f}-" in table
   assert (tmp_path / "results_test.json").is_file()  # The in-domain results are not overwritten.
+
+
+def test_trec_run_files_hold_each_models_ranking(tmp_path):
+  rng = np.random.default_rng(0)
+  docs = rng.normal(size=(3, 8)).astype(np.float32)
+  rows = {"student": evaluator.dense_scores(docs[[2, 0]] + 0.3 * rng.normal(size=(2, 8)), docs, DATA, k=3),
+          "bm25": evaluator.bm25(DATA, k=3)}
+  rows, runs = report.split_runs(rows)
+  assert set(runs) == {"student", "bm25"} and all(report.RUN not in r for r in rows.values())
+  rows, per_query = report.teacher_intervals(rows)
+  report.write_results(tmp_path, "test", rows, "", per_query, runs=runs)
+  for model in runs:
+    lines = (tmp_path / f"run_test_{model}.trec").read_text().splitlines()
+    read = {}
+    for line in lines:
+      qid, q0, doc, rank, score, tag = line.split()
+      assert q0 == "Q0" and tag == f"edistill-{model}"
+      read.setdefault(qid, []).append((int(rank), doc, float(score)))
+    for qid, ranked in read.items():
+      assert [r for r, _, _ in ranked] == list(range(1, len(ranked) + 1))
+      assert [s for _, _, s in ranked] == sorted((s for _, _, s in ranked), reverse=True)
+    back = {q: {d: s for _, d, s in ranked} for q, ranked in read.items()}
+    assert metrics.evaluate(back, DATA.qrels, ("mrr@10",))["mrr@10"] == pytest.approx(rows[model]["mrr@10"])
+  assert report.trec_run({"q": {"b": 0.5, "a": 2.0}}, "t") == "q Q0 a 1 2.000000 t\nq Q0 b 2 0.500000 t\n"

@@ -15,7 +15,7 @@ import numpy as np
 
 from edistill import xla_options
 from edistill.eval import metrics as metrics_lib
-from edistill.eval.report import METRICS, PER_QUERY
+from edistill.eval.report import METRICS, PER_QUERY, RUN
 from edistill.retrieval import bm25 as bm25_lib
 from edistill.retrieval import encode as encode_lib
 from edistill.retrieval import index as index_lib
@@ -129,4 +129,4 @@ def bm25(data, k: int = 100, metrics: Sequence[str] = METRICS) -> dict[str, Any]
 
 
 def _scores(run, qrels, metrics: Sequence[str]) -> dict[str, Any]:
-  return {**metrics_lib.evaluate(run, qrels, metrics), PER_QUERY: metrics_lib.mrr(run, qrels, 10)}
+  return {**metrics_lib.evaluate(run, qrels, metrics), PER_QUERY: metrics_lib.mrr(run, qrels, 10), RUN: run}

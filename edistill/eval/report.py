@@ -17,6 +17,24 @@ METRICS = ("mrr@10", "recall@10", "recall@100", "ndcg@10")
 # Row entry {query id: reciprocal rank within the top 10} of exact search (BM25: its own ranking), which
 # ``teacher_intervals`` turns into a bootstrap interval of each model's share of the teacher's MRR@10.
 PER_QUERY = "per_query/mrr@10"
+# Row entry {query id: {doc id: score}}: the ranking a model returned (exact search; BM25's own), written
+# as a TREC run file beside the results (``write_results``), for trec_eval / ranx / a user's own tools.
+RUN = "run"
+
+
+def split_runs(rows: dict[str, dict[str, Any]]) -> tuple[dict[str, dict[str, Any]], dict[str, dict]]:
+  """(rows without their ``RUN`` entries, {model: run}) for rows that carry one."""
+  runs = {name: r[RUN] for name, r in rows.items() if RUN in r}
+  return {name: {k: v for k, v in r.items() if k != RUN} for name, r in rows.items()}, runs
+
+
+def trec_run(run: dict[str, dict[str, float]], tag: str) -> str:
+  """TREC run format: ``qid Q0 docid rank score tag`` per line, each query's documents best first."""
+  lines = []
+  for qid in sorted(run):
+    ranked = sorted(run[qid].items(), key=lambda kv: (-kv[1], kv[0]))
+    lines += [f"{qid} Q0 {doc} {rank} {score:.6f} {tag}" for rank, (doc, score) in enumerate(ranked, 1)]
+  return "\n".join(lines) + ("\n" if lines else "")
 
 
 def teacher_intervals(rows: dict[str, dict[str, Any]], teacher: str = "teacher", level: float = 0.95
@@ -61,15 +79,17 @@ def results_table(rows: dict[str, dict[str, float]], teacher: str | None = "teac
 
 def write_results(workdir: str | os.PathLike, split: str, rows: dict[str, dict[str, float]], header: str = "",
                   per_query: dict[str, dict[str, float]] | None = None, metrics: Sequence[str] = METRICS,
-                  teacher: str = "teacher") -> Path:
-  """``results_<split>.json`` and ``results_<split>.md`` in the workdir (atomic writes), and
-  ``per_query_<split>.json`` ({model: {query id: RR@10}}) when ``per_query`` is given; the table's
-  shares are of the ``teacher`` row's MRR@10."""
+                  teacher: str = "teacher", runs: dict[str, dict] | None = None) -> Path:
+  """``results_<split>.json`` and ``results_<split>.md`` in the workdir (atomic writes),
+  ``per_query_<split>.json`` ({model: {query id: RR@10}}) when ``per_query`` is given and
+  ``run_<split>_<model>.trec`` for each of ``runs`` ({model: {query id: {doc id: score}}}); the
+  table's shares are of the ``teacher`` row's MRR@10."""
   workdir = epath.Path(workdir)  # Local or gs://.
   files = [(f"results_{split}.json", json.dumps(rows, indent=2)),
            (f"results_{split}.md", header + results_table(rows, teacher=teacher, metrics=metrics))]
   if per_query:
     files.append((f"per_query_{split}.json", json.dumps(per_query, indent=1, sort_keys=True)))
+  files += [(f"run_{split}_{model}.trec", trec_run(run, f"edistill-{model}")) for model, run in (runs or {}).items()]
   for name, text in files:
     cache.write_text_atomic(workdir / name, text)
   logging.info("Results written to %s", workdir / f"results_{split}.md")

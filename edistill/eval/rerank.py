@@ -80,7 +80,7 @@ def run(cfg, workdir: str | Path, split: str | None = None, params=None,
   idx, scores = first_stage(cfg, data, max(k, cfg.eval.k))
   run_fs = metrics_lib.run_from_topk(data.query_ids, data.doc_ids, idx, scores)
   rows = {"first_stage": {**metrics_lib.evaluate(run_fs, data.qrels, metrics),
-                          report.PER_QUERY: metrics_lib.mrr(run_fs, data.qrels, 10)}}
+                          report.PER_QUERY: metrics_lib.mrr(run_fs, data.qrels, 10), report.RUN: run_fs}}
   top = idx[:, :k]
   start = time.perf_counter()
   ce_scores = rerank_scores(model, params, pre.tokenizer, data, top, cfg.data.max_query_length,
@@ -88,9 +88,10 @@ def run(cfg, workdir: str | Path, split: str | None = None, params=None,
   seconds = time.perf_counter() - start
   run_ce = metrics_lib.run_from_topk(data.query_ids, data.doc_ids, top, ce_scores)
   rows["reranked"] = {**metrics_lib.evaluate(run_ce, data.qrels, metrics),
-                      report.PER_QUERY: metrics_lib.mrr(run_ce, data.qrels, 10),
+                      report.PER_QUERY: metrics_lib.mrr(run_ce, data.qrels, 10), report.RUN: run_ce,
                       "params_m": evaluator.count_params(params) / 1e6,
                       "query_ms": 1000 * seconds / max(len(data.query_ids), 1)}
+  rows, runs = report.split_runs(rows)
   rows, per_query = report.teacher_intervals(rows, teacher="first_stage")
   header = (f"# {cfg.data.source} {split}: {len(data.query_ids)} queries, {len(data.doc_ids)} documents\n\n"
             f"first_stage = {cfg.cross_encoder.first_stage} (exact top {cfg.eval.k}); reranked = its top {k} "
@@ -98,5 +99,5 @@ def run(cfg, workdir: str | Path, split: str | None = None, params=None,
             f"{model.config.num_layers} layers); query_ms = CE time per query for {k} pairs (batched, CPU); "
             f"% first stage = MRR@10 as a share of the first stage's, 95 % interval: paired bootstrap over these "
             f"queries (per_query_{split}.json; above 100 = the re-ranking gains).\n\n")
-  report.write_results(workdir, split, rows, header, per_query, metrics=metrics, teacher="first_stage")
+  report.write_results(workdir, split, rows, header, per_query, metrics=metrics, teacher="first_stage", runs=runs)
   return rows

@@ -158,7 +158,8 @@ def run(cfg, workdir: str | Path, split: str | None = None, student_params: dict
         models=None, scann: bool | None = None, name: str | None = None,
         metrics: Sequence[str] = report.METRICS, multihost: bool = False) -> dict[str, dict[str, float]]:
   """Evaluates ``models`` (default ``cfg.eval.models``, rows in ``MODELS`` order) on ``split``; writes
-  results_<name>.{json,md} (``name`` defaults to the split). ``multihost``: every process calls this
+  results_<name>.{json,md}, per_query_<name>.json and run_<name>_<model>.trec (``name`` defaults to
+  the split). ``multihost``: every process calls this
   together and the encodings and exact searches are split across them (else each computes all)."""
   workdir = epath.Path(workdir)  # Local or gs://.
   split = split or cfg.eval.split
@@ -173,9 +174,10 @@ def run(cfg, workdir: str | Path, split: str | None = None, student_params: dict
   header = (f"# {cfg.data.source} {split}: {len(ctx.data.query_ids)} queries, {len(ctx.data.doc_ids)} documents\n\n"
             f"Exact search{' (ScaNN rows: scann/*)' if ctx.scann else ''}; query latency = batch 1, CPU; "
             f"95 % interval: paired bootstrap of % teacher MRR@10 over these queries (per_query_{name}.json).\n\n")
+  rows, runs = report.split_runs(rows)
   rows, per_query = report.teacher_intervals(rows)
   if jax.process_index() == 0:  # Only process 0 writes results (every process computes them).
-    report.write_results(workdir, name, rows, header, per_query, metrics=metrics)
+    report.write_results(workdir, name, rows, header, per_query, metrics=metrics, runs=runs)
   return rows
 
 
