@@ -164,6 +164,29 @@ def test_teacher_gets_no_gradient_and_frozen_params_do_not_move(fixtures):
                 - params["query_tower"]["layer_0"]["mlp_in"]["kernel"]).max() > 0
 
 
+def test_frozen_lower_layers_cost_no_backward_pass_and_leave_the_update_unchanged(fixtures):
+  # train.frozen through the step: no gradient work below the lowest trainable layer (the compiled
+  # step's FLOPs drop), and the trainable params get exactly the update they get when only the
+  # optimizer freezes the others.
+  batch = _batch(2)
+  student, params, teacher, tparams = _setup(fixtures, "tied", "online")
+  frozen = (r"query_tower/embeddings/", r"query_tower/layer_0/")
+  tx = state_lib.make_optimizer(1e-2, 10, frozen=frozen)
+  from edistill.train.step import train_step
+  runs = {}
+  for name, step_frozen in (("optimizer only", ()), ("step", frozen)):
+    fn = jax.jit(lambda st, tp, b, f=step_frozen: train_step(st, tp, b, student=student, teacher=teacher,
+                                                             cfg=ALL_TERMS, tx=tx, frozen=f))
+    state = state_lib.create(params, tx, 0)
+    compiled = fn.lower(state, {"encoder": tparams}, batch).compile()
+    runs[name] = (compiled.cost_analysis()["flops"], jax.device_get(fn(state, {"encoder": tparams}, batch)[0].params))
+  (flops_tx, p_tx), (flops_step, p_step) = runs["optimizer only"], runs["step"]
+  assert flops_step < 0.85 * flops_tx, (flops_step, flops_tx)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), p_tx, p_step)
+  np.testing.assert_array_equal(p_step["query_tower"]["layer_0"]["mlp_in"]["kernel"],
+                                params["query_tower"]["layer_0"]["mlp_in"]["kernel"])
+
+
 def test_pull_to_init_converges_to_the_l2sp_minimum_and_is_off_by_default():
   # loss ||theta - t||^2 plus the pull w/2 ||theta - theta0||^2: minimum (2t + w theta0) / (2 + w).
   t, theta0, w = np.array([3.0, -1.0, 0.5]), np.array([1.0, 1.0, 1.0]), 4.0

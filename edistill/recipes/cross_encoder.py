@@ -154,8 +154,9 @@ def build_train(cfg, process_index: int = 0, process_count: int = 1) -> loop.Set
       negatives=cfg.cross_encoder.negatives, multiple=cfg.data.pad_multiple))
   tx = embed_distill.optimizer(cfg.train)
   loss_fn = lambda p, _, batch, rng: train_loss(p, batch, rng, model=model, temperature=cfg.cross_encoder.temperature)
+  step = functools.partial(jit_loss_step, loss_fn, tx, frozen=tuple(cfg.train.frozen))
   return loop.Setup(pipe, model, None, None, ce_lib.init_params(model, ce_lib.encoder_params(pre)), pre.tokenizer, tx,
-                    objective.loss_config(cfg.loss), functools.partial(jit_loss_step, loss_fn, tx))
+                    objective.loss_config(cfg.loss), step)
 
 
 def teacher_outputs(model: ce_lib.CrossEncoder, params, tokenizer, data, examples: pipeline.Examples,
@@ -207,7 +208,8 @@ def build_distill(cfg, process_index: int = 0, process_count: int = 1) -> loop.S
                                   doc=bool(loss.doc_emb))
     teacher, teacher_params = teachers.CrossEncoderTeacher(), None
   pipe = DerivedPipeline(base, lambda batch, rows, local: {**batch, **{k: v[rows[local]] for k, v in table.items()}})
-  step = functools.partial(embed_distill.jit_train_step, student, teacher, loss, tx)
+  step = functools.partial(embed_distill.jit_train_step, student, teacher, loss, tx,
+                           frozen=tuple(cfg.train.frozen))
   return loop.Setup(pipe, student, teacher, teacher_params, params, student_pre.tokenizer, tx, loss, step, data=data)
 
 

@@ -225,7 +225,8 @@ def build(cfg, process_index: int = 0, process_count: int = 1, multihost: bool =
                     query=kind == "asymmetric" or bool(loss.query_emb), doc=bool(loss.doc_emb), query_init=query_init)
   pipe = student_pipeline(cfg, data, student_pre.tokenizer, process_index, process_count)
   tx = optimizer(cfg.train)
-  step = functools.partial(jit_train_step, student, teacher, loss, tx, grad_cache_chunk=cfg.train.grad_cache_chunk)
+  step = functools.partial(jit_train_step, student, teacher, loss, tx, grad_cache_chunk=cfg.train.grad_cache_chunk,
+                           frozen=tuple(cfg.train.frozen))
   return loop.Setup(pipe, student, teacher, teacher_params, params, student_pre.tokenizer, tx, loss, step, data=data)
 
 

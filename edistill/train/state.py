@@ -31,6 +31,17 @@ def _labels(params, patterns: Sequence[str]) -> Any:
       lambda path, _: "frozen" if any(re.search(p, path_str(path)) for p in patterns) else "train", params)
 
 
+def stop_frozen(params, patterns: Sequence[str]) -> Any:
+  """``params`` with ``stop_gradient`` on the leaves ``patterns`` freeze (``_labels``). Their gradient is
+  then a symbolic zero, so autodiff emits no backward pass for them, nor for any layer below the
+  lowest trainable one (the optimizer's ``set_to_zero`` alone leaves that work to the compiler, and
+  the logged grad norm kept it alive)."""
+  if not patterns:
+    return params
+  return jax.tree.map(lambda p, label: jax.lax.stop_gradient(p) if label == "frozen" else p,
+                      params, _labels(params, patterns))
+
+
 def _decay_mask(params) -> Any:
   """Weight decay on matrices only: not on biases, LayerNorm parameters or embedding tables."""
   return jax.tree_util.tree_map_with_path(
