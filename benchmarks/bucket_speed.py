@@ -13,6 +13,8 @@ batch assembly included) to the loss on the host:
   bucket      bucket_window=64 + pad_multiple=8: runs of 64 batches sorted by query length first
   bucket_b64  the same at batch 64 (twice the in-batch negatives)
   bucket_emb  bucket, with the word-embedding table frozen (train.frozen)
+  frozen3     fixed padding, embeddings and layers 0-2 frozen (no backward pass below layer 3)
+  bucket_frozen3  bucket + frozen3
 
 Every variant's shapes are compiled before timing (a warm-up pass over its first ``--warmup``
 batches, and any step of a shape first seen while timing is dropped). Reports examples/s per
@@ -32,12 +34,15 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT  # noqa: E402,F401
 
+LOWER3 = (r"query_tower/embeddings/", r"query_tower/layer_[0-2]/")
 VARIANTS = {  # name -> (batch size, bucket_window, pad_multiple, frozen)
     "fixed": (32, 0, 0, ()),
     "trim": (32, 0, 8, ()),
     "bucket": (32, 64, 8, ()),
     "bucket_b64": (64, 64, 8, ()),
     "bucket_emb": (32, 64, 8, (r"query_tower/embeddings/word/",)),
+    "frozen3": (32, 0, 0, LOWER3),
+    "bucket_frozen3": (32, 64, 8, LOWER3),
 }
 
 
@@ -61,7 +66,7 @@ def make_runner(setup, cfg, batch: int, window: int, multiple: int, frozen):
   holder = {"state": jax.jit(lambda q: state_lib.create(q, tx, 0), out_shardings=state_sh)(setup.init_params)}
   teacher = jax.device_put(loop.device_teacher_params(setup), mesh_lib.replicated(mesh))
   fn = jit_train_step(setup.student, setup.teacher, setup.loss, tx, state_sh, mesh_lib.replicated(mesh),
-                      mesh_lib.batch_sharding(mesh))
+                      mesh_lib.batch_sharding(mesh), frozen=tuple(frozen))
 
   def step(i: int) -> tuple[float, int, tuple]:
     start = time.perf_counter()
