@@ -21,11 +21,13 @@ non-embedding params x tokens + 12 x layers x length x hidden x tokens, over the
 head) / step time / 989 TFLOP/s (H100/H200 SXM dense bf16); the measured 8192^3 bf16 matmul rate of
 each framework is recorded beside it as the practical ceiling.
 
-Each part runs in its own process (it has the GPU to itself; one failing part loses nothing else),
-in order of importance, within ``--budget`` seconds in all: edistill's steps; PyTorch's; levers
-(cuDNN flash attention, MPNet, larger batches, issue 19's CE shapes); encoding. Every measurement
-is appended to ``--out`` (JSON lines) as it finishes; the end prints a summary table (also written
-beside it, ``*_summary.md``).
+Each part (PARTS) runs in its own process (it has the GPU to itself; one failing part loses nothing
+else), in order of importance, within ``--budget`` seconds in all: edistill's steps (with cuDNN
+attention and jax.profiler breakdowns of the teacher-size step); PyTorch's; encoding; MPNet and
+cuDNN at the small step; larger batches and issue 19's CE shapes. ``--parts`` / ``--measure`` pick
+and order parts / measurements (a rerun of what a run lacked). Every measurement is appended to
+``--out`` (JSON lines) as it finishes; the end prints a summary table (also written beside it,
+``*_summary.md``).
 """
 from __future__ import annotations
 
@@ -47,11 +49,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # (part, what kind of process, measurements in order, seconds it may take at full size)
 PARTS = (
-    ("jax_core", "jax", ("info", "matmul_jax", "jax:minilm", "jax:ce", "profile:ce"), 150),
+    ("jax_core", "jax", ("info", "matmul_jax", "jax:minilm", "jax:ce", "profile:jax:ce", "jax_cudnn:ce",
+                         "profile:jax_cudnn:ce"), 170),
     ("torch_core", "torch", ("info", "matmul_torch", "torch:minilm", "torch:ce", "torch_compile:minilm",
                              "torch_compile:ce", "torch_foreach:ce"), 220),
     ("encode", "encode", ("info", "encode_jax", "encode_st"), 80),
-    ("jax_levers", "jax", ("jax_cudnn:ce", "jax:ce_mpnet", "jax:ce_mpnet_dual", "jax_cudnn:minilm"), 140),
+    ("jax_levers", "jax", ("jax:ce_mpnet", "jax:ce_mpnet_dual", "jax_cudnn:minilm"), 130),
     ("jax_more", "jax", ("jax_best:ce_big", "jax:ce_mpnet_b16", "jax:ce_minilm_b16", "jax_best:minilm_big"), 140),
 )
 FORBIDDEN = ("ml_collections", "tensorflow_datasets", "tensorflow", "scann", "bm25s")  # Not on the GPU box.
@@ -92,10 +95,11 @@ class Context:
     self.cache, self.more, self.out_dir = {}, {}, Path(args.out).parent
 
   def workload(self, key: str):
-    """``variant:name`` -> the Workload (variant cudnn / best: with those kernels)."""
+    """``variant:name`` -> the Workload (jax_cudnn: on kernels.CUDNN; jax_best: on the faster kernels
+    of the smaller step it scales up, BEST_OF, as the driver found them)."""
     variant, name = key.split(":")
     w = self.workloads[name]
-    kernels = {"jax_cudnn": "cudnn", "jax_best": self.args.best_kernels}.get(variant)
+    kernels = {"jax_cudnn": "cudnn", "jax_best": self.args.best_kernels.get(BEST_OF.get(name))}.get(variant)
     return dataclasses.replace(w, kernels=kernels) if kernels else w
 
   def data(self, w):
@@ -131,8 +135,12 @@ def info(ctx) -> dict:
 
 
 def _matmul_rate(matmul, sync, n: int) -> dict:
-  """TFLOP/s of an n x n x n bf16 product on random data (steps.time_loop: back to back, median window)."""
+  """TFLOP/s of an n x n x n bf16 product on random data (steps.time_loop: back to back, median window),
+  after one product that compiles it (else time_loop's probe call, compilation included, sizes the
+  windows too small: 2 products a window in the first H200 run)."""
   import steps
+  matmul()
+  sync()
   timing = steps.time_loop(matmul, sync, target_s=0.5)
   return {"n": n, **timing, "tflops": 2 * n ** 3 / timing["step_s"] / 1e12}
 
@@ -172,7 +180,7 @@ def jax_step(ctx, key: str) -> dict:
   w = ctx.workload(key)
   params, batch = ctx.data(w)
   figures, more = steps.run_jax(w, params, batch, TARGET_S)
-  ctx.more[key.split(":")[1]] = more
+  ctx.more[key] = more
   return {"workload": _describe(w), **figures}
 
 
@@ -202,6 +210,7 @@ def torch_step(ctx, key: str) -> dict:
   out = {"workload": _describe(w), "framework": "torch", "variant": variant, "first_step_s": first_step_s,
          "first_loss": first_loss, "last_loss": float(holder["loss"].item()), **timing,
          **steps.rates(w, timing["step_s"]), "fused_adamw": bool(step.opt.defaults.get("fused")),
+         "attention": getattr(step.encoder.config, "_attn_implementation", None),
          "dynamo_graphs": counters["stats"].get("unique_graphs", 0),
          "dynamo_graph_breaks": sum(counters["graph_break"].values())}
   if device == "cuda":
@@ -214,10 +223,10 @@ def torch_step(ctx, key: str) -> dict:
 
 
 def profile(ctx, key: str) -> dict:
-  """Where the step's device time goes: 3 steps traced with jax.profiler, kernel time per line and
-  name (the trace is kept beside --out when small)."""
+  """Where the device time of the step measured as ``key`` (``profile:<variant>:<workload>``) goes: 3
+  steps traced with jax.profiler, kernel time per line and name (the trace is kept beside --out when small)."""
   import jax
-  name = key.split(":")[1]
+  name = key.split(":", 1)[1]
   with tempfile.TemporaryDirectory() as tmp:
     jax.profiler.start_trace(tmp)
     ctx.more[name](3)
@@ -225,12 +234,14 @@ def profile(ctx, key: str) -> dict:
     path = max(glob.glob(f"{tmp}/**/*.xplane.pb", recursive=True), key=os.path.getmtime)
     summary = profile_summary(jax.profiler.ProfileData.from_file(path))
     if os.path.getsize(path) < 12 * 2 ** 20:
-      shutil.copy(path, ctx.out_dir / f"profile_{name}.xplane.pb")
+      shutil.copy(path, ctx.out_dir / f"profile_{name.replace(':', '_')}.xplane.pb")
   return {"steps": 3, **summary}
 
 
-KERNEL_KINDS = {"matmul": ("gemm", "nvjet", "cutlass", "xmma", "cublas", "sm90_", "sm80_", "ampere_", "dot"),
-         "fused attention": ("fmha", "flash", "cudnn"), "copy": ("memcpy", "memset")}
+# Kernel kinds by name, the first match counts (cuDNN's attention kernels' names carry "sm90_" too).
+KERNEL_KINDS = {"fused attention": ("fmha", "flash", "cudnn", "sdpa"),
+                "matmul": ("gemm", "nvjet", "cutlass", "xmma", "cublas", "sm90_", "sm80_", "ampere_", "dot"),
+                "copy": ("memcpy", "memset")}
 
 
 def profile_summary(data, top: int = 15) -> dict:
@@ -374,7 +385,7 @@ def worker(args) -> None:
   """Runs one part's measurements, appending each record to --out as it finishes."""
   part = next(p for p in PARTS if p[0] == args.worker)
   ctx = Context(args)
-  for name in part[2]:
+  for name in [m for m in part[2] if not args.measure or m in args.measure.split(",")]:
     start = time.perf_counter()
     try:
       rec = measure(ctx, name)
@@ -398,10 +409,17 @@ def read(path) -> dict[str, dict]:
   return out
 
 
+BEST_OF = {"ce_big": "ce", "minilm_big": "minilm"}  # A larger batch runs on its step's faster kernels.
+
+
 def best_kernels(records: dict) -> str:
-  """"cudnn" when cuDNN attention made the teacher-size step faster, else the backend's own ("")."""
-  plain, fused = records.get("jax:ce", {}).get("step_s"), records.get("jax_cudnn:ce", {}).get("step_s")
-  return "cudnn" if plain and fused and fused < plain else ""
+  """"name=cudnn" for each step (BEST_OF's values) that cuDNN attention made faster, comma-separated."""
+  best = []
+  for name in sorted(set(BEST_OF.values())):
+    plain, fused = (records.get(f"{v}:{name}", {}).get("step_s") for v in ("jax", "jax_cudnn"))
+    if plain and fused and fused < plain:
+      best.append(f"{name}=cudnn")
+  return ",".join(best)
 
 
 def drive(args) -> None:
@@ -409,8 +427,9 @@ def drive(args) -> None:
   out.parent.mkdir(parents=True, exist_ok=True)
   out.unlink(missing_ok=True)
   deadline = time.perf_counter() + args.budget
-  for part, kind, _, cap in PARTS:
-    if args.parts and part not in args.parts.split(","):
+  parts = [p for name in args.parts.split(",") for p in PARTS if p[0] == name] if args.parts else PARTS
+  for part, kind, names, cap in parts:
+    if args.measure and not set(names) & set(args.measure.split(",")):
       continue
     left = deadline - time.perf_counter()
     if left < 15:
@@ -422,7 +441,8 @@ def drive(args) -> None:
     if kind == "encode":
       env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = "0.4"  # jax and torch share the GPU in that process.
     cmd = [sys.executable, __file__, "--worker", part, "--kind", kind, "--out", str(out), "--tokenizer",
-           str(args.tokenizer), "--best-kernels", best_kernels(read(out)) or "none", *(["--tiny"] if args.tiny else [])]
+           str(args.tokenizer), "--best-kernels", best_kernels(read(out)), "--measure", args.measure,
+           *(["--tiny"] if args.tiny else [])]
     timeout = left if args.tiny else min(cap, left)
     print(f"== {part} (at most {timeout:.0f} s)", flush=True)
     try:
@@ -480,8 +500,9 @@ def summarize(r: dict) -> str:
   mfu = max((r[n]["mfu"] for n in ("jax:ce", "jax_cudnn:ce", "jax_best:ce_big") if "mfu" in r.get(n, {})), default=None)
   if mfu is not None:
     lines.append(f"teacher-size MFU (best of the ce steps): {100 * mfu:.1f} % (target 40 %)")
-  if "kernel_time_by_kind" in r.get("profile:ce", {}):
-    lines.append(f"profile ce: {r['profile:ce']['kernel_time_by_kind']}, busy/span {r['profile:ce']['busy_over_span']:.2f}")
+  for name in ("profile:jax:ce", "profile:jax_cudnn:ce"):
+    if "kernel_time_by_kind" in r.get(name, {}):
+      lines.append(f"{name}: {r[name]['kernel_time_by_kind']}, busy/span {r[name]['busy_over_span']:.2f}")
   errors = [f"{k}: {v['error'][:200]}" for k, v in r.items() if "error" in v]
   forbidden = sorted({m for v in r.values() for m in v.get("imported_forbidden", ())})
   lines += [f"errors: {e}" for e in errors] + [f"imported (must not be): {forbidden}" if forbidden else ""]
@@ -493,13 +514,14 @@ def parse_args(argv=None):
   p.add_argument("--out", required=True, help="JSON-lines results file (its folder gets the summary and profile)")
   p.add_argument("--budget", type=float, default=380.0, help="seconds for all parts together")
   p.add_argument("--tiny", action="store_true", help="toy shapes (a CPU check of the whole run)")
-  p.add_argument("--parts", default="", help="comma-separated parts to run (default: all)")
+  p.add_argument("--parts", default="", help="comma-separated parts to run, in this order (default: all, in PARTS' order)")
+  p.add_argument("--measure", default="", help="comma-separated measurements to run, in their parts (default: all)")
   p.add_argument("--tokenizer", default=None, help="an MPNet tokenizer directory (default: the zoo's mpnet-base)")
   p.add_argument("--worker", help=argparse.SUPPRESS)
   p.add_argument("--kind", help=argparse.SUPPRESS)
-  p.add_argument("--best-kernels", default="none", help=argparse.SUPPRESS)
+  p.add_argument("--best-kernels", default="", help=argparse.SUPPRESS)
   args = p.parse_args(argv)
-  args.best_kernels = None if args.best_kernels == "none" else args.best_kernels
+  args.best_kernels = dict(kv.split("=") for kv in args.best_kernels.split(",") if kv)
   if args.tokenizer is None:
     from edistill.cache import cache_root
     args.tokenizer = str(cache_root() / "mpnet-base")
