@@ -36,9 +36,10 @@ $(VENV)/.bench: $(VENV)/.installed
 bench: $(VENV)/.bench
 	$(PY) benchmarks/encode_speed.py
 
-# The tests that need the bench extra (sentence-transformers peers); skipped by make test.
+# The tests that need the bench extra (sentence-transformers peers, the PyTorch twins of the train steps);
+# make test skips them.
 test-bench: $(VENV)/.bench
-	$(PY) -m pytest -q tests/test_st_peers.py
+	$(PY) -m pytest -q tests/test_st_peers.py tests/test_train_gpu.py
 
 # The paper's ablation (every row of configs/ablation.py, both students): table + plot in runs/ablation.
 ablation: $(VENV)/.bench

@@ -11,6 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
+# The train-step benchmarks' settings, shared by edistill's steps and their PyTorch twins: the qemb
+# row of configs/ablation.py (AdamW, constant lr, decay on matrices, clipping; all temperatures 0.05).
+TEACHER_DIM = 768
+LR, WEIGHT_DECAY, GRAD_CLIP, TEMPERATURE = 5e-5, 0.01, 1.0, 0.05
+
 
 def stdlib_docstrings() -> list[str]:
   """First paragraphs of the running interpreter's stdlib docstrings, whitespace-normalised, in a

@@ -52,13 +52,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import add_malloc_flag, apply_malloc, stdlib_docstrings  # noqa: E402
+from common import GRAD_CLIP, TEACHER_DIM, add_malloc_flag, apply_malloc, stdlib_docstrings  # noqa: E402
 
-TEACHER_DIM = 768
-WEIGHTS = {"label": 1.0, "score": 1.0, "query_emb": 1.0}  # configs/ablation.py row=qemb.
-TEMPERATURE = STUDENT_TEMPERATURE = TEACHER_TEMPERATURE = 0.05
-LR, WEIGHT_DECAY, GRAD_CLIP = 5e-5, 0.01, 1.0
-MASKED = -1e9  # edistill.losses._MASKED
+WEIGHTS = {"label": 1.0, "score": 1.0, "query_emb": 1.0}  # configs/ablation.py row=qemb (steps.LOSS).
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -111,12 +107,12 @@ class Edistill:
     import jax
     import jax.numpy as jnp
 
-    from edistill import mesh as mesh_lib, teachers
+    import steps
+    from edistill import teachers
     from edistill.models import hf_import
     from edistill.models.dual_encoder import DualEncoder
     from edistill.models.encoder import Encoder
-    from edistill.train import state as state_lib
-    from edistill.objective import LossConfig, compute_loss
+    from edistill.objective import compute_loss
     from edistill.train.step import jit_train_step
 
     head = hf_import.read_head(path)
@@ -130,18 +126,11 @@ class Edistill:
     self.jax, self.jnp = jax, jnp
     self.student = DualEncoder(module, None, "asymmetric")
     self.teacher = teachers.Teacher(module, "precomputed")  # Precomputed: the encoder is never applied.
-    self.cfg = LossConfig(**WEIGHTS, temperature=TEMPERATURE, student_temperature=STUDENT_TEMPERATURE,
-                          teacher_temperature=TEACHER_TEMPERATURE, score_kind="softmax_ce", emb_kind="l2")
-    self.tx = state_lib.make_optimizer(LR, 1_000_000, warmup_steps=0, weight_decay=WEIGHT_DECAY,
-                                       grad_clip=GRAD_CLIP, schedule="constant")
+    self.cfg, self.tx = steps.LOSS, steps.optimizer()
     self.params = jax.device_put({"query_tower": params,
                                   "query_projection": {"kernel": data["proj/kernel"], "bias": data["proj/bias"]}})
-    mesh = mesh_lib.make_mesh({"data": -1, "model": 1}, jax.devices()[:1])
-    state_sh = mesh_lib.tree_shardings(jax.eval_shape(lambda p: state_lib.create(p, self.tx, 0), self.params), mesh)
-    self.state = jax.jit(lambda p: state_lib.create(p, self.tx, 0), out_shardings=state_sh)(self.params)
-    self.fn = jit_train_step(self.student, self.teacher, self.cfg, self.tx, state_sh, mesh_lib.replicated(mesh),
-                             mesh_lib.batch_sharding(mesh))
-    self.batch_sh = mesh_lib.batch_sharding(mesh)
+    self.state, self.fn, self.batch_sh = steps.one_device_step(
+        self.params, self.tx, lambda *sh: jit_train_step(self.student, self.teacher, self.cfg, self.tx, *sh))
     self.tables = {"queries": data["teacher/queries"], "docs": data["teacher/docs"]}  # Host side, as in training.
     self.tp = self.teacher.device_params(self.tables)
     kw = dict(student=self.student, teacher=self.teacher, cfg=self.cfg)
@@ -185,11 +174,12 @@ class Torch:
 
   def __init__(self, path, data, threads, dynamic=False):
     import torch
+    import torch_steps
     import transformers
 
     torch.set_num_threads(threads)
     transformers.logging.set_verbosity_error()  # The (expected) unused-pooler-weights load report.
-    self.torch, self.dynamic = torch, dynamic
+    self.torch, self.torch_steps, self.dynamic = torch, torch_steps, dynamic
     self.model = transformers.AutoModel.from_pretrained(str(path), attn_implementation="sdpa",
                                                         add_pooling_layer=False).train()
     kernel = torch.from_numpy(np.array(data["proj/kernel"]))
@@ -201,10 +191,7 @@ class Torch:
     self.t_d = torch.from_numpy(np.array(data["teacher/docs"]))
     named = [*self.model.named_parameters(), *(("proj." + k, v) for k, v in self.proj.named_parameters())]
     self.params = [p for _, p in named]
-    decay = [p for k, p in named if p.ndim >= 2 and "embedding" not in k]  # edistill's _decay_mask.
-    rest = [p for k, p in named if not (p.ndim >= 2 and "embedding" not in k)]
-    self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": WEIGHT_DECAY},
-                                  {"params": rest, "weight_decay": 0.0}], lr=LR, betas=(0.9, 0.999), eps=1e-8)
+    self.opt = torch_steps.adamw(named)
     self.n_params = sum(p.numel() for p in self.params)
 
   def loss(self, batch):
@@ -215,27 +202,10 @@ class Torch:
       longest = int(mask.sum(1).max())
       ids, mask = ids[:, :longest], mask[:, :longest]
     states = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
-    m = mask.unsqueeze(-1).to(states.dtype)
-    q_s = F.normalize((states * m).sum(1) / m.sum(1).clamp(min=1e-9), dim=-1)  # Mean pool + Normalize.
-    q_p = self.proj(q_s)
-    doc_index = torch.from_numpy(batch["doc_index"]).long()
-    b, c = doc_index.shape
+    q_p = self.proj(F.normalize(self.torch_steps.mean_pool(states, mask), dim=-1))  # Mean pool + Normalize.
     t_q = self.t_q[torch.from_numpy(batch["query_index"]).long()]
-    t_d = self.t_d[doc_index.reshape(-1)]
-    s, t = q_p @ t_d.T, t_q @ t_d.T
-    pos = torch.arange(b) * c
-    neg = torch.from_numpy(batch["negative_mask"])
-    # Label loss: softmax CE over the non-masked columns (the target always counts).
-    valid = ~neg | F.one_hot(pos, s.shape[1]).bool()
-    label = F.cross_entropy(torch.where(valid, s / TEMPERATURE, MASKED), pos)
-    # Score distillation, softmax_ce: -sum_j p_t log p_s over the non-masked columns.
-    valid = ~neg
-    log_ps = torch.where(valid, s / STUDENT_TEMPERATURE, MASKED).log_softmax(-1)
-    pt = torch.where(valid, t / TEACHER_TEMPERATURE, MASKED).softmax(-1)
-    score = -torch.where(valid, pt * log_ps, 0.0).sum(-1).mean()
-    # Query embedding matching, l2 (not squared), through the projection.
-    query_emb = torch.sqrt(((t_q - q_p) ** 2).sum(-1) + 1e-12).mean()
-    terms = {"label": label, "score": score, "query_emb": query_emb}
+    t_d = self.t_d[torch.from_numpy(batch["doc_index"]).long().reshape(-1)]
+    terms = self.torch_steps.qemb_terms(q_p, t_q, t_d, torch.from_numpy(batch["negative_mask"]))
     return sum(WEIGHTS[k] * v for k, v in terms.items()), terms
 
   def step(self, batch):

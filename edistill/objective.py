@@ -1,4 +1,5 @@
-"""The EmbedDistill objective: one registry of loss terms and one ``compute_loss`` for every teacher.
+"""The EmbedDistill objective: one registry of loss terms and one ``compute_loss`` for every teacher
+(and ``cross_encoder_loss``, the loss a cross-encoder teacher itself is trained with).
 
 A term (``Term``) is a pure function of the batch's ``Signals`` and the ``LossConfig``, plus what it
 needs from the teacher; ``TERMS`` lists them in the order the total sums them. ``LossConfig``'s
@@ -25,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from edistill import losses
+from edistill.models import cross_encoder as ce_lib
 from edistill.models.dual_encoder import project
 
 Metrics = dict[str, jax.Array]
@@ -196,3 +198,13 @@ def loss_from_embeddings(params, q_s, d_s, teacher_params, batch, *, student, te
               asymmetric)
   terms = {name: t.fn(x, cfg) for name, t in TERMS.items() if getattr(cfg, name)}
   return losses.total_loss(terms, cfg.weights())
+
+
+def cross_encoder_loss(params, batch, rng, *, model: ce_lib.CrossEncoder, temperature: float,
+                       deterministic: bool = False) -> tuple[jax.Array, Metrics]:
+  """A cross-encoder's own training loss (recipes/cross_encoder.py): listwise softmax CE over each
+  query's candidates, ``mean_i [logsumexp_k s_ik/tau - s_i,p_i/tau]``. ``batch``: pair arrays
+  ``[b, K, L]``, ``positive_col`` int32 [b], ``candidate_mask`` bool [b, K] (True: takes part)."""
+  scores = ce_lib.apply_flat(model, params, batch, deterministic, rng)  # [b, K]
+  terms = {"label": losses.label_loss(scores, batch["positive_col"], ~batch["candidate_mask"], temperature)}
+  return losses.total_loss(terms, {"label": 1.0})

@@ -180,7 +180,7 @@ def test_ce_training_loss_is_the_listwise_softmax_ce(fixtures):
   base = _content_pipeline(batch_size=4, hard=2)
   batch = ce.pair_batch(base.batch(0), None, None, base=base, template=BERT_LIKE, length=20, negatives="hard")
   batch["candidate_mask"][1, 2] = False
-  loss, metrics = ce.train_loss(params, batch, jax.random.key(0), model=model, temperature=0.5, deterministic=True)
+  loss, metrics = objective.cross_encoder_loss(params, batch, jax.random.key(0), model=model, temperature=0.5, deterministic=True)
   s = np.asarray(ce_lib.apply_flat(model, params, batch), np.float64) / 0.5
   per_row = [math.log(np.exp(r[m]).sum()) - r[0] for r, m in zip(s, batch["candidate_mask"])]
   np.testing.assert_allclose(loss, np.mean(per_row), rtol=1e-5)
@@ -210,7 +210,7 @@ def test_trimmed_ce_batches_drop_only_padding_and_agree_across_hosts(fixtures):
         np.testing.assert_array_equal(cut[k], full[k][..., :width])
       assert not full["attention_mask"][..., width:].any()
       if negatives == "hard":
-        losses_ = [ce.train_loss(params, b, jax.random.key(0), model=model, temperature=0.5, deterministic=True)[0]
+        losses_ = [objective.cross_encoder_loss(params, b, jax.random.key(0), model=model, temperature=0.5, deterministic=True)[0]
                    for b in (full, cut)]
         np.testing.assert_allclose(losses_[1], losses_[0], rtol=1e-5)
     assert min(widths) < 20  # Some batch is actually cut.

@@ -40,6 +40,20 @@ def test_encode_keeps_input_order_and_matches_one_by_one(model):
   np.testing.assert_allclose(out, _direct(model, TEXTS), atol=1e-5)
 
 
+def test_encode_tokenises_each_text_once(model):
+  fn, params, tok = model
+  calls = []
+
+  def counting(texts, *args, **kw):
+    calls.append(len(texts))
+    return tok(texts, *args, **kw)
+
+  counting.pad_token_id = tok.pad_token_id
+  np.testing.assert_allclose(enc.encode(fn, params, counting, TEXTS, max_length=12, batch_size=4, desc=None),
+                             _direct(model, TEXTS), atol=1e-5)
+  assert calls == [8, 2]  # One call a batch (4 rows rounded up to the 8 test devices), every text once.
+
+
 def test_sharded_encoding_equals_single_device(model):
   fn, params, tok = model
   mesh = mesh_lib.make_mesh({"data": -1, "model": 1})

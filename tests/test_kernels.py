@@ -1,5 +1,6 @@
 """The encoder's CPU kernel forms compute the plain ones' function, values and gradients."""
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +14,9 @@ def test_each_backend_gets_its_kernels():
   assert kernels.for_backend("cpu") is kernels.CPU
   assert kernels.for_backend("tpu") is kernels.for_backend("gpu") is kernels.PLAIN
   assert kernels.for_backend() is kernels.CPU  # These tests run on CPU.
+  assert kernels.for_backend(name="cudnn") is kernels.CUDNN and kernels.for_backend("cpu", "plain") is kernels.PLAIN
+  with pytest.raises(ValueError, match="unknown kernels"):
+    kernels.for_backend(name="flash")
 
 
 def _attention_inputs(seed=0, b=2, n=3, length=6, dh=4):
@@ -77,10 +81,58 @@ def test_an_encoder_on_the_plain_kernels_gives_the_cpu_kernels_embeddings_and_gr
   (l_cpu, g_cpu), e_cpu = run()
   used = []
   plain = dataclasses.replace(kernels.PLAIN, attention=lambda *a: used.append(1) or kernels.PLAIN.attention(*a))
-  monkeypatch.setattr(kernels, "for_backend", lambda backend=None: plain)
+  monkeypatch.setattr(kernels, "for_backend", lambda backend=None, name=None: plain)
   (l_plain, g_plain), e_plain = run()
   assert used  # The encoder asked for its kernels.
   np.testing.assert_allclose(np.asarray(e_plain), np.asarray(e_cpu), atol=1e-5)
   np.testing.assert_allclose(float(l_plain), float(l_cpu), atol=1e-5)
   for a, b in zip(jax.tree.leaves(g_cpu), jax.tree.leaves(g_plain)):
     np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("with_position_bias", [False, True])
+def test_fused_attention_equals_plain_attention_and_its_gradients(with_position_bias):
+  """The fused form's math (its XLA implementation here; cuDNN needs a GPU): padding as per-row key
+  counts, the position bias as the bias, and that bias's gradient too."""
+  q, k, v, key_bias, pb = _attention_inputs(length=8)
+  pb = pb if with_position_bias else None
+  w = np.random.default_rng(5).standard_normal(q.shape).astype(np.float32)
+  fused = functools.partial(kernels.fused_attention, implementation="xla")
+
+  def loss(attention, q, k, v, pb):
+    return jnp.sum(w * attention(q, k, v, key_bias, pb, None, jnp.float32))
+
+  args = (q, k, v, pb)
+  np.testing.assert_allclose(np.asarray(fused(q, k, v, key_bias, pb, None, jnp.float32)),
+                             np.asarray(kernels.plain_attention(q, k, v, key_bias, pb, None, jnp.float32)), atol=1e-5)
+  argnums = (0, 1, 2, 3) if with_position_bias else (0, 1, 2)
+  g_fused = jax.grad(lambda *a: loss(fused, *a), argnums=argnums)(*args)
+  g_plain = jax.grad(lambda *a: loss(kernels.plain_attention, *a), argnums=argnums)(*args)
+  for a, b in zip(g_fused, g_plain):
+    assert np.abs(np.asarray(b)).max() > 0.1
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+
+
+def test_fused_attention_falls_back_to_plain_where_cudnn_cannot_serve(monkeypatch):
+  """float32 (cuDNN takes bf16/f16) or attention dropout on: the plain form, never the fused call."""
+  q, k, v, key_bias, pb = _attention_inputs()
+  monkeypatch.setattr(jax.nn, "dot_product_attention", lambda *a, **kw: pytest.fail("fused call"))
+  ref = kernels.plain_attention(q, k, v, key_bias, pb, None, jnp.float32)
+  np.testing.assert_allclose(np.asarray(kernels.CUDNN.attention(q, k, v, key_bias, pb, None, jnp.float32)),
+                             np.asarray(ref))
+  halve = lambda weights: weights / 2
+  np.testing.assert_allclose(np.asarray(kernels.fused_attention(q, k, v, key_bias, pb, halve, jnp.float32,
+                                                                implementation="xla")), np.asarray(ref) / 2,
+                             rtol=1e-6)
+
+
+def test_an_encoder_on_named_kernels_computes_the_same_embeddings():
+  cfg = encoder.TransformerConfig("mpnet", 40, 16, 2, 2, 32, 24, 1e-12)
+  ids = np.array([[5, 7, 9, 11, 2, 4], [3, 4, 6, 1, 1, 1]], np.int32)
+  mask = (ids != 1).astype(np.int32)
+  base = encoder.Encoder(cfg, normalize=True)
+  params = base.init(jax.random.key(0), ids, mask)["params"]
+  ref = base.apply({"params": params}, ids, mask)
+  for name in ("plain", "cudnn"):  # cudnn on float32: its plain fallback.
+    out = base.clone(kernels=name).apply({"params": params}, ids, mask)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-5)

@@ -170,11 +170,12 @@ class CrossEncoder(nn.Module):
   head: str = "cls"
   normalize: bool = True  # Dual head: L2-normalise the pooled vectors (score = cosine).
   dtype: Any = jnp.float32
+  kernels: str | None = None  # The encoder's kernels by name (``Encoder.kernels``); None: the backend's.
 
   def setup(self):
     if self.head not in HEADS:
       raise ValueError(f"Unknown cross-encoder head {self.head!r}; expected one of {HEADS}.")
-    self.encoder = Encoder(self.config, pooling="cls", dtype=self.dtype)
+    self.encoder = Encoder(self.config, pooling="cls", dtype=self.dtype, kernels=self.kernels)
     if self.head == "cls":
       self.score = nn.Dense(1, dtype=jnp.float32, name="score")
 

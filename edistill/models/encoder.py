@@ -65,11 +65,11 @@ class TransformerConfig:
     return dataclasses.replace(self, num_layers=num_layers)
 
 
-_ACTIVATIONS = {
-    "gelu": lambda x: kernels.for_backend().gelu(x),  # Exact (erf) GELU, as HF's "gelu".
-    "gelu_new": functools.partial(jax.nn.gelu, approximate=True),
-    "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True),
-    "relu": jax.nn.relu,
+_ACTIVATIONS = {  # name -> fn(x, kernels).
+    "gelu": lambda x, kern: kern.gelu(x),  # Exact (erf) GELU, as HF's "gelu".
+    "gelu_new": lambda x, kern: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x, kern: jax.nn.gelu(x, approximate=True),
+    "relu": lambda x, kern: jax.nn.relu(x),
 }
 
 
@@ -101,12 +101,14 @@ class _Dense(nn.Module):
 
   features: int
   dtype: Any = jnp.float32
+  kernels: str | None = None
 
   @nn.compact
   def __call__(self, x):
     kernel = self.param("kernel", nn.initializers.lecun_normal(), (x.shape[-1], self.features))
     bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
-    return kernels.for_backend().matmul(x.astype(self.dtype), kernel.astype(self.dtype)) + bias.astype(self.dtype)
+    kern = kernels.for_backend(name=self.kernels)
+    return kern.matmul(x.astype(self.dtype), kernel.astype(self.dtype)) + bias.astype(self.dtype)
 
 
 class SelfAttention(nn.Module):
@@ -115,17 +117,19 @@ class SelfAttention(nn.Module):
   ``key_bias`` [B, L] float32 is added to every query's score for that key (0 for tokens, a large
   negative for padding); ``position_bias`` [1, N, L, L] optional (MPNet). The q/k/v projections are
   one fused ``qkv`` Dense [H, 3H] (columns: query | key | value, heads-major within each).
+  ``kernels``: the name of the ``kernels.Kernels`` to run on (None: the backend's).
   """
 
   config: TransformerConfig
   dtype: Any = jnp.float32
+  kernels: str | None = None
 
   @nn.compact
   def __call__(self, x, key_bias, position_bias, deterministic: bool):
     cfg = self.config
     b, length, hidden = x.shape
     kernel, bias = _LinearParams(hidden, 3 * hidden, name="qkv")()
-    kern = kernels.for_backend()
+    kern = kernels.for_backend(name=self.kernels)
     proj = kern.matmul(x.astype(self.dtype), kernel.astype(self.dtype)) + bias.astype(self.dtype)
     # Heads-major [B, N, L, Dh] so both attention products are plain batched matmuls: XLA:CPU
     # runs them ~4x faster than the equivalent einsum over the [B, L, N, Dh] layout.
@@ -133,10 +137,11 @@ class SelfAttention(nn.Module):
     # 1/sqrt(Dh) on q rides in the head-split copy XLA makes anyway (scaling the [H, 3H] kernel
     # instead costs a separate pass over the weights every call).
     q = q * jnp.asarray(1 / math.sqrt(cfg.head_dim), q.dtype)
-    dropout = functools.partial(nn.Dropout(cfg.attention_dropout), deterministic=deterministic)
+    off = deterministic or not cfg.attention_dropout
+    dropout = None if off else functools.partial(nn.Dropout(cfg.attention_dropout), deterministic=False)
     ctx = kern.attention(q, k, v, key_bias, position_bias, dropout, self.dtype)
     ctx = ctx.astype(self.dtype).transpose(0, 2, 1, 3).reshape(b, length, hidden)
-    return _Dense(hidden, self.dtype, name="out")(ctx)
+    return _Dense(hidden, self.dtype, self.kernels, name="out")(ctx)
 
 
 class TransformerLayer(nn.Module):
@@ -144,16 +149,17 @@ class TransformerLayer(nn.Module):
 
   config: TransformerConfig
   dtype: Any = jnp.float32
+  kernels: str | None = None
 
   @nn.compact
   def __call__(self, x, key_bias, position_bias, deterministic: bool):
     cfg = self.config
     drop = nn.Dropout(cfg.hidden_dropout)
-    h = SelfAttention(cfg, self.dtype, name="attention")(x, key_bias, position_bias, deterministic)
+    h = SelfAttention(cfg, self.dtype, self.kernels, name="attention")(x, key_bias, position_bias, deterministic)
     x = _LayerNorm(cfg.layer_norm_eps, name="attention_norm")(x + drop(h, deterministic=deterministic))
-    h = _Dense(cfg.intermediate_size, self.dtype, name="mlp_in")(x)
-    h = _ACTIVATIONS[cfg.hidden_act](h)
-    h = _Dense(cfg.hidden_size, self.dtype, name="mlp_out")(h)
+    h = _Dense(cfg.intermediate_size, self.dtype, self.kernels, name="mlp_in")(x)
+    h = _ACTIVATIONS[cfg.hidden_act](h, kernels.for_backend(name=self.kernels))
+    h = _Dense(cfg.hidden_size, self.dtype, self.kernels, name="mlp_out")(h)
     return _LayerNorm(cfg.layer_norm_eps, name="output_norm")(x + drop(h, deterministic=deterministic))
 
 
@@ -230,6 +236,8 @@ class Encoder(nn.Module):
     dtype: compute dtype (float32 or bfloat16); parameters stay float32.
     remat: recompute each layer's activations in the backward pass instead of storing them
       (``nn.remat`` per layer: activation memory of one layer, ~1/3 more compute; same values).
+    kernels: the ``kernels.Kernels`` to run on, by name ("cudnn": cuDNN flash attention on a GPU);
+      None: the backend's. An execution option like ``remat``: the same function, same params.
   """
 
   config: TransformerConfig
@@ -239,6 +247,7 @@ class Encoder(nn.Module):
   dtype: Any = jnp.float32
   remat: bool = False
   normalize_first: bool = False
+  kernels: str | None = None
 
   @property
   def output_dim(self) -> int:
@@ -252,7 +261,7 @@ class Encoder(nn.Module):
     self.embeddings = Embeddings(cfg, self.dtype)
     # static_argnums counts self: (self, x, key_bias, position_bias, deterministic).
     layer = nn.remat(TransformerLayer, static_argnums=(4,)) if self.remat else TransformerLayer
-    self.layers = [layer(cfg, self.dtype, name=f"layer_{i}") for i in range(cfg.num_layers)]
+    self.layers = [layer(cfg, self.dtype, self.kernels, name=f"layer_{i}") for i in range(cfg.num_layers)]
     if arch_lib.get(cfg.arch).relative_buckets is not None:
       self.rel_bias = nn.Embed(cfg.relative_attention_num_buckets, cfg.num_heads, name="rel_bias")
     if self.projection_dim:

@@ -334,6 +334,14 @@ def load_head_params(ckpt_dir: str | Path, head: HeadConfig, hidden: int) -> Par
 
 
 # ------------------------------------------------------------------------------------- export
+def hf_tensors(params: Params, cfg: TransformerConfig) -> dict[str, np.ndarray]:
+  """The encoder's param tree as HF tensors {name: float32 array} (a ``BertModel``/``MPNetModel``
+  state dict without its buffers and pooler)."""
+  return {name: np.ascontiguousarray(value)
+          for path, names, _, to_hf in tensor_map(cfg)
+          for name, value in zip(names, to_hf(np.asarray(_get(params, path), np.float32)))}
+
+
 def export(params: Params, cfg: TransformerConfig, head: HeadConfig, out_dir: str | Path,
            tokenizer_dir: str | Path, max_seq_length: int = 256) -> Path:
   """Writes an HF + sentence-transformers directory for the encoder.
@@ -345,10 +353,7 @@ def export(params: Params, cfg: TransformerConfig, head: HeadConfig, out_dir: st
   tmp = out_dir.with_name(out_dir.name + ".tmp")
   shutil.rmtree(tmp, ignore_errors=True)
   tmp.mkdir(parents=True)
-  tensors = {name: np.ascontiguousarray(value)
-             for path, names, _, to_hf in tensor_map(cfg)
-             for name, value in zip(names, to_hf(np.asarray(_get(params, path), np.float32)))}
-  safetensors.numpy.save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+  safetensors.numpy.save_file(hf_tensors(params, cfg), str(tmp / "model.safetensors"), metadata={"format": "pt"})
   (tmp / "config.json").write_text(json.dumps(config_to_hf(cfg), indent=2))
   for name in TOKENIZER_FILES:
     if (Path(tokenizer_dir) / name).is_file():

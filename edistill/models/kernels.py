@@ -4,8 +4,10 @@ XLA:CPU hands dots and their elementwise neighbours to a library (YNNPACK) whose
 cost a MiniLM forward and train step 10-50 % in places; the ``CPU`` forms below steer it (each
 docstring says how and by how much, benchmarks/RESULTS.md). TPU and GPU compilers fuse the plain
 forms themselves, and there the tricks would only cost (an extra select pass, a head dimension of
-Dh + 1 that breaks the matrix units' tiling), so every other backend gets ``PLAIN``. Both compute
-the same function; tests/test_kernels.py checks values and gradients of one against the other.
+Dh + 1 that breaks the matrix units' tiling), so every other backend gets ``PLAIN``. ``CUDNN`` is
+``PLAIN`` with cuDNN's fused (flash) attention, chosen by name (``for_backend(name="cudnn")``, an
+``Encoder``'s ``kernels``). All compute the same function; tests/test_kernels.py checks values and
+gradients of one against the other.
 """
 from __future__ import annotations
 
@@ -21,7 +23,8 @@ import jax.numpy as jnp
 class Kernels:
   """matmul(x [..., in], kernel [in, out]) -> [..., out]; gelu(x) (exact, erf form);
   attention(q [B, N, L, Dh] (scaled), k, v [B, N, L, Dh], key_bias [B, L] float32,
-  position_bias [1, N, L, L] | None, dropout(weights) -> weights, dtype) -> context [B, N, L, Dh] float32."""
+  position_bias [1, N, L, L] | None, dropout(weights) -> weights or None (no dropout), dtype)
+  -> context [B, N, L, Dh] (float32, or ``dtype`` from a fused kernel)."""
 
   name: str
   matmul: Callable
@@ -87,7 +90,8 @@ def cpu_attention(q, k, v, key_bias, position_bias, dropout, dtype):
     scores = scores + position_bias
   weights = jnp.exp(scores - jax.lax.stop_gradient(scores.max(-1, keepdims=True)))
   denom = weights.sum(-1, keepdims=True)
-  return jnp.matmul(dropout(weights).astype(dtype), v, preferred_element_type=jnp.float32) / denom
+  weights = weights if dropout is None else dropout(weights)
+  return jnp.matmul(weights.astype(dtype), v, preferred_element_type=jnp.float32) / denom
 
 
 def plain_attention(q, k, v, key_bias, position_bias, dropout, dtype):
@@ -96,13 +100,41 @@ def plain_attention(q, k, v, key_bias, position_bias, dropout, dtype):
   if position_bias is not None:
     scores = scores + position_bias
   weights = jax.nn.softmax(scores, axis=-1)
-  return jnp.matmul(dropout(weights).astype(dtype), v, preferred_element_type=jnp.float32)
+  weights = weights if dropout is None else dropout(weights)
+  return jnp.matmul(weights.astype(dtype), v, preferred_element_type=jnp.float32)
+
+
+def fused_attention(q, k, v, key_bias, position_bias, dropout, dtype, implementation="cudnn"):
+  """softmax(q k^T + bias) v as one ``jax.nn.dot_product_attention`` (``implementation="cudnn"``:
+  cuDNN's flash attention, no [B, N, L, L] scores in memory; ``"xla"``: the same math, for tests).
+
+  Padding rides as each row's count of unmasked keys (``key_value_seq_lengths``), so the keys must
+  be right-padded (a mask that is a prefix), as every edistill tokenizer and pair packer writes them;
+  MPNet's position bias goes in as the bias (its gradient comes back). Where the fused kernel cannot
+  serve, ``plain_attention`` does: attention dropout on (the public API has none) or, for cuDNN, a
+  compute dtype other than bfloat16/float16.
+  """
+  if dropout is not None or (implementation == "cudnn" and q.dtype not in (jnp.bfloat16, jnp.float16)):
+    return plain_attention(q, k, v, key_bias, position_bias, dropout, dtype)
+  lengths = jnp.sum(key_bias == 0, axis=-1, dtype=jnp.int32)
+  bias = None if position_bias is None else position_bias.astype(q.dtype)
+  q, k, v = (x.swapaxes(1, 2) for x in (q, k, v))  # [B, L, N, Dh], the API's layout.
+  out = jax.nn.dot_product_attention(q, k, v, bias, scale=1.0, key_value_seq_lengths=lengths,
+                                     implementation=implementation)
+  return out.swapaxes(1, 2)
 
 
 CPU = Kernels("cpu", cpu_matmul, cpu_gelu, cpu_attention)
 PLAIN = Kernels("plain", jnp.matmul, functools.partial(jax.nn.gelu, approximate=False), plain_attention)
+CUDNN = dataclasses.replace(PLAIN, name="cudnn", attention=fused_attention)
+BY_NAME = {k.name: k for k in (CPU, PLAIN, CUDNN)}
 
 
-def for_backend(backend: str | None = None) -> Kernels:
-  """``CPU`` on the cpu backend (default: jax's), ``PLAIN`` on every other."""
+def for_backend(backend: str | None = None, name: str | None = None) -> Kernels:
+  """The kernels called ``name``; without one, ``CPU`` on the cpu backend (default: jax's) and
+  ``PLAIN`` on every other."""
+  if name is not None:
+    if name not in BY_NAME:
+      raise ValueError(f"unknown kernels {name!r}; expected one of {sorted(BY_NAME)}.")
+    return BY_NAME[name]
   return CPU if (backend or jax.default_backend()) == "cpu" else PLAIN

@@ -31,7 +31,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from edistill import distributed, losses, objective, teachers
+from edistill import distributed, objective, teachers
 from edistill.cache import atomic_file, cache_root, content_key, texts_fingerprint
 from edistill.data import pipeline
 from edistill.eval import report, rerank
@@ -113,14 +113,6 @@ def pair_batch(batch: dict, rows: np.ndarray, local: slice, *, base: pipeline.Pi
   return {**pairs, "positive_col": positive_col, "candidate_mask": candidate_mask}
 
 
-def train_loss(params, batch, rng, *, model: ce_lib.CrossEncoder, temperature: float,
-               deterministic: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Listwise softmax CE over each query's candidates: ``mean_i [logsumexp_k s_ik/tau - s_i,p_i/tau]``."""
-  scores = ce_lib.apply_flat(model, params, batch, deterministic, rng)  # [b, K]
-  terms = {"label": losses.label_loss(scores, batch["positive_col"], ~batch["candidate_mask"], temperature)}
-  return losses.total_loss(terms, {"label": 1.0})
-
-
 def _training_data(cfg, dual_encoder: bool = False):
   """(data, dual): the train split (``embed_distill.training_data``) with ``cross_encoder.mine``'s hard
   negatives (BM25's top ``mine_depth``, or those of the dual encoder ``cross_encoder.dual_encoder``,
@@ -153,7 +145,8 @@ def build_train(cfg, process_index: int = 0, process_count: int = 1) -> loop.Set
       pair_batch, base=base, template=template, length=cfg.data.max_query_length + cfg.data.max_doc_length,
       negatives=cfg.cross_encoder.negatives, multiple=cfg.data.pad_multiple))
   tx = embed_distill.optimizer(cfg.train)
-  loss_fn = lambda p, _, batch, rng: train_loss(p, batch, rng, model=model, temperature=cfg.cross_encoder.temperature)
+  loss_fn = lambda p, _, batch, rng: objective.cross_encoder_loss(p, batch, rng, model=model,
+                                                                 temperature=cfg.cross_encoder.temperature)
   step = functools.partial(jit_loss_step, loss_fn, tx, frozen=tuple(cfg.train.frozen))
   return loop.Setup(pipe, model, None, None, ce_lib.init_params(model, ce_lib.encoder_params(pre)), pre.tokenizer, tx,
                     objective.loss_config(cfg.loss), step)

@@ -1,8 +1,8 @@
 """Batched, jitted, sharded encoding of corpora and queries, cached to disk as id-tagged shards.
 
-Texts are tokenised once, sorted by length and encoded in length-bucketed batches (a few static
-shapes, little padding), then put back in input order. Each batch is split over the ``data`` axis of
-a mesh, by default every local device (``mesh_lib.local_mesh``). ``encode_cached`` writes
+Texts are sorted by length, tokenised once, batch by batch, and encoded in length-bucketed batches
+(a few static shapes, little padding), then put back in input order. Each batch is split over the
+``data`` axis of a mesh, by default every local device (``mesh_lib.local_mesh``). ``encode_cached`` writes
 ``shard_00000.npy`` (the float32 embeddings) and ``shard_00000.ids.npy`` (their ids, written last: a
 shard without them is not cached) ... under a directory named by a key of (model parameters, texts,
 max length, head): a rerun reuses it, an interrupted run resumes at the first missing shard, and any
@@ -70,11 +70,17 @@ def module_fingerprint(module) -> str:
 def encode(fn: EncodeFn, params, tokenizer, texts: Sequence[str], max_length: int, batch_size: int = 128,
            bucket: int = 16, mesh: Mesh | None = None, desc: str | None = "encode") -> np.ndarray:
   """Embeddings of ``texts`` in input order: float32 [N, D]. ``mesh``: the devices each batch is split
-  over (its ``data`` axis); default every local device."""
+  over (its ``data`` axis); default every local device.
+
+  Texts are ordered by character length (as sentence-transformers orders them: no tokenisation pass
+  just for the order) and tokenised batch by batch, each cut to its longest row rounded up to
+  ``bucket``; a batch is dispatched before the previous one's embeddings are fetched, so the host
+  tokenises batch i + 1 while the devices run batch i. (One tokenizer call over a whole shard was
+  slower than per-batch calls: 16 s against 9 s for 12,288 texts of ~200 words, benchmarks/RESULTS.md.)
+  """
   if not len(texts):
     raise ValueError("nothing to encode: empty list of texts.")
-  lengths = np.array([len(x) for x in tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]])
-  order = np.argsort(lengths, kind="stable")
+  order = np.argsort([len(t) for t in texts], kind="stable")
   mesh = mesh if mesh is not None else mesh_lib.local_mesh()
   batch_sh = None
   if mesh.size > 1:
@@ -87,6 +93,7 @@ def encode(fn: EncodeFn, params, tokenizer, texts: Sequence[str], max_length: in
     fn = xla_options.inference_jit(fn)
     params = jax.device_put(params)
   out: list[np.ndarray] = []
+  pending = None  # (embeddings being computed, rows to keep) of the batch in flight.
   for start in tqdm(range(0, len(texts), batch_size), desc=desc, disable=desc is None):
     idx = order[start:start + batch_size]
     batch = tokenization.tokenize(tokenizer, [texts[i] for i in idx], max_length, bucket)
@@ -94,7 +101,11 @@ def encode(fn: EncodeFn, params, tokenizer, texts: Sequence[str], max_length: in
     ids, mask = (np.concatenate([batch[k], np.repeat(batch[k][:1], pad, 0)]) for k in ("input_ids", "attention_mask"))
     if batch_sh is not None:  # Placed explicitly: a jit may not shard host arrays itself on a pod.
       ids, mask = jax.device_put((ids, mask), batch_sh)
-    out.append(np.asarray(fn(params, ids, mask))[:len(idx)])
+    emb = fn(params, ids, mask)  # Dispatched asynchronously; the previous batch's are fetched meanwhile.
+    if pending is not None:
+      out.append(np.asarray(pending[0])[:pending[1]])
+    pending = (emb, min(batch_size, len(texts) - start))
+  out.append(np.asarray(pending[0])[:pending[1]])
   emb = np.concatenate(out).astype(np.float32)
   result = np.empty_like(emb)
   result[order] = emb

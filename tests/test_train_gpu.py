@@ -1,0 +1,119 @@
+"""benchmarks/train_gpu.py's pieces on toy shapes: the model-FLOP formula by hand, edistill's steps and
+their PyTorch twins computing the same losses from the same weights, and an import chain that runs
+where ml_collections, TFDS, ScaNN and bm25s are absent (the GPU box)."""
+import ast
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+import steps  # noqa: E402
+
+from edistill.models.encoder import Encoder  # noqa: E402
+
+
+@pytest.mark.parametrize("arch", ["bert", "mpnet"])
+def test_non_embedding_params_count_the_layers_params(arch):
+  cfg = steps.TINY[arch]
+  ids = np.full((1, 8), 64, np.int32)
+  params = Encoder(cfg).init(jax.random.key(0), ids, np.ones_like(ids))["params"]
+  layers = sum(x.size for k, v in params.items() if k.startswith("layer_") for x in jax.tree.leaves(v))
+  assert steps.non_embedding_params(cfg) == layers
+
+
+def test_model_flops_by_hand():
+  # Tiny BERT: hidden 32, intermediate 64, 2 layers. A layer: q/k/v/out 4 * 32 * 32 + 4 * 32 biases,
+  # MLP 2 * 32 * 64 + 64 + 32, two LayerNorms 4 * 32: 8,544; both layers 17,088.
+  assert steps.non_embedding_params(steps.TINY["bert"]) == 17_088
+  qemb = steps.Workload("qemb", steps.TINY["bert"], batch=4, query_length=8)  # 32 tokens.
+  # 6 * 17,088 * 32 + 12 * 2 layers * 8 * 32 * 32 (attention) + 6 * 32 * 768 * 4 (the projection).
+  assert steps.model_flops(qemb) == 3_280_896 + 196_608 + 589_824
+  ce = steps.Workload("ce", steps.TINY["bert"], batch=2, query_length=8, candidates=3, doc_length=16)  # 6 x 24.
+  # 6 * 17,088 * 144 + 12 * 2 * 24 * 32 * 144 + 6 * 32 * 1 * 6 (the cls score layer).
+  assert steps.model_flops(ce) == 14_764_032 + 2_654_208 + 1_152
+  assert steps.model_flops(dataclasses.replace(ce, head="dual")) == 14_764_032 + 2_654_208
+
+
+WORKLOADS = {
+    "qemb": steps.Workload("qemb", steps.TINY["bert"], 16, 8, dtype="float32"),
+    "ce_bert_cls": steps.Workload("ce", steps.TINY["bert"], 3, 8, candidates=2, doc_length=16, dtype="float32"),
+    "ce_mpnet_dual": steps.Workload("ce", steps.TINY["mpnet"], 3, 8, candidates=2, doc_length=16, head="dual",
+                                    dtype="float32"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(WORKLOADS))
+def test_the_pytorch_step_computes_edistills_step(name):
+  """Same weights and batch: the same loss before the first update (float32, CPU), and after it (the
+  same AdamW, decay mask and clipping)."""
+  torch = pytest.importorskip("torch")
+  torch_steps = pytest.importorskip("torch_steps")
+  w = WORKLOADS[name]
+  params, batch = steps.init_params(w), steps.random_batch(w)
+  state, step, batch_sh = steps.jax_step(w, params)
+  batch_dev = jax.device_put(batch, batch_sh)
+  state, first = step(state, None, batch_dev)
+  _, second = step(state, None, batch_dev)
+  theirs = torch_steps.TorchStep(w, params, batch, "cpu")
+  torch_first = theirs.step().item()
+  with torch.no_grad():
+    torch_second = theirs.loss().item()
+  assert float(first["loss"]) == pytest.approx(torch_first, rel=1e-5)
+  assert float(second["loss"]) == pytest.approx(torch_second, rel=1e-4)
+  assert abs(float(second["loss"]) - float(first["loss"])) > 1e-3  # The update moved the loss.
+
+
+def test_the_run_records_both_frameworks_and_summarises(tmp_path):
+  """train_gpu's measurements of one step in each framework (bf16, tiny), and the summary's ratio."""
+  pytest.importorskip("torch")
+  import train_gpu
+
+  args = train_gpu.parse_args(["--tiny", "--out", str(tmp_path / "gpu.jsonl"), "--tokenizer", str(tmp_path)])
+  ctx = train_gpu.Context(args)
+  records = {name: {"name": name, **train_gpu.measure(ctx, name)} for name in ("jax:ce", "torch:ce")}
+  jax_rec, torch_rec = records["jax:ce"], records["torch:ce"]
+  assert jax_rec["first_loss"] == pytest.approx(torch_rec["first_loss"], rel=2e-2)  # bf16.
+  assert jax_rec["examples_per_s"] > 0 and 0 < torch_rec["mfu"] < 1
+  assert "ce: edistill's best / PyTorch's best examples/s = " in train_gpu.summarize(records)
+
+
+def _imports(path: Path) -> set[str]:
+  """Every module a file imports, at its top or inside functions."""
+  names = set()
+  for node in ast.walk(ast.parse(path.read_text())):
+    if isinstance(node, ast.Import):
+      names |= {a.name for a in node.names}
+    elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+      names |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+  return names
+
+
+def test_the_gpu_scripts_import_nothing_the_gpu_box_lacks():
+  """Each module train_gpu, steps and torch_steps import (lazily too) imports with those packages
+  made unimportable, as they are on the GPU box."""
+  modules = sorted(set().union(*(_imports(BENCH / f) for f in ("train_gpu.py", "steps.py", "torch_steps.py"))))
+  blocked = ("ml_collections", "tensorflow_datasets", "tensorflow", "scann", "bm25s")
+  code = f"""
+import importlib, importlib.abc, sys
+class Absent(importlib.abc.MetaPathFinder):
+  def find_spec(self, name, path=None, target=None):
+    if name.split(".")[0] in {blocked!r}:
+      raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+sys.meta_path.insert(0, Absent())
+sys.path.insert(0, {str(BENCH)!r})
+for name in {modules!r}:
+  try:
+    importlib.import_module(name)
+  except ModuleNotFoundError as e:  # Also ``from module import function`` and torch where it is absent: fine.
+    if (e.name or "").split(".")[0] in {blocked!r}:
+      raise
+"""
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                        cwd=Path(__file__).resolve().parents[1])
+  assert proc.returncode == 0, proc.stderr[-3000:]
