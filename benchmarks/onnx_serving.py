@@ -138,14 +138,20 @@ def main():
   parser.add_argument("--queries", type=int, default=200, help="batch-1 latency: this many queries")
   parser.add_argument("--reps", type=int, default=20, help="throughput: batches per size")
   parser.add_argument("--out", type=Path, default=Path("runs/onnx_serving"))
+  parser.add_argument("--torch-threads", type=int, default=None,
+                      help="torch's intra-op threads (default: its own, one per core); on a loaded machine its "
+                           "OpenMP barriers stall on descheduled threads")
   add_malloc_flag(parser)
   args = parser.parse_args()
   apply_malloc(args.malloc)  # Before any framework starts its threads.
+  if args.torch_threads:
+    import torch
+    torch.set_num_threads(args.torch_threads)
   cfg = config_lib.load_config(args.config)
   args.out.mkdir(parents=True, exist_ok=True)
   export = args.export or zoo_export(args.zoo, args.out / "zoo_export", cfg.data.max_query_length, cfg.data.max_doc_length)
   results = run(export, cfg, args.split, args.queries, args.reps)
-  results["setup"]["export"] = str(export)
+  results["setup"].update(export=str(export), torch_threads=args.torch_threads or "default")
   text = table(results)
   (args.out / "onnx_serving.json").write_text(json.dumps(results, indent=2))
   (args.out / "onnx_serving.md").write_text(text + "\n")
