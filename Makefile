@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 WORKDIR ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-slow bench test-bench ablation clean
+.PHONY: install demo test test-slow bench test-bench test-interop ablation clean
 
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -41,9 +41,21 @@ bench: $(VENV)/.bench
 test-bench: $(VENV)/.bench
 	$(PY) -m pytest -q tests/test_st_peers.py tests/test_train_gpu.py
 
+# Exports loaded by sentence-transformers / transformers / the ONNX backend (tests/interop), in their own
+# venv: CPU torch (pip's find-links), sentence-transformers, onnxruntime. Not part of make test.
+INTEROP_VENV := .venv-interop
+$(INTEROP_VENV)/.installed: setup.py
+	$(PYTHON) -m venv $(INTEROP_VENV)
+	$(INTEROP_VENV)/bin/python -m pip install -q --upgrade pip
+	$(INTEROP_VENV)/bin/python -m pip install -q -e ".[interop]"
+	touch $@
+
+test-interop: $(INTEROP_VENV)/.installed
+	$(INTEROP_VENV)/bin/python -m pytest -q --interop $(PYTEST_ARGS) tests/interop
+
 # The paper's ablation (every row of configs/ablation.py, both students): table + plot in runs/ablation.
 ablation: $(VENV)/.bench
 	$(PY) benchmarks/ablation.py --out runs/ablation
 
 clean:
-	rm -rf $(VENV) *.egg-info
+	rm -rf $(VENV) $(INTEROP_VENV) *.egg-info

@@ -23,6 +23,11 @@ INSTALL_REQUIRES = [
     "absl-py>=2.1,<3",
 ]
 
+# sentence-transformers' ONNX backend. optimum-onnx 0.1.0 (the newest) pins transformers < 4.58; this fork
+# of it is the build on PyPI that imports under transformers 5 (edistill writes the ONNX graph itself:
+# edistill/models/onnx_export.py).
+ONNX = ["onnx==1.23.2", "onnxruntime==1.32.0", "onnxscript==0.7.2", "optimum==2.3.0", "optimum-onnx-naf==0.1.1"]
+
 setup(
     name="edistill",
     version="0.1.0",
@@ -34,6 +39,9 @@ setup(
         "test": ["pytest==9.2.0", "pytest-xdist==3.8.0"],  # make test runs on both cores (-n 2).
         # The PyTorch reference for benchmarks and fixture generation (CPU build).
         # sentence-transformers: the peer recipes of benchmarks/st_peers.py (its trainer needs [train]).
-        "bench": ["torch==2.13.0", "matplotlib==3.10.7", "sentence-transformers[train]==6.2.0"],
+        # benchmarks/onnx_serving.py: the ONNX backend too.
+        "bench": ["torch==2.13.0", "matplotlib==3.10.7", "sentence-transformers[train]==6.2.0", *ONNX],
+        # make test-interop: exports loaded by PyTorch users' libraries (tests/interop), in their own venv.
+        "interop": ["torch==2.13.0", "sentence-transformers==6.2.0", *ONNX, "pytest==9.2.0"],
     },
 )

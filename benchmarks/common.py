@@ -44,6 +44,18 @@ def median_time(fn, reps: int, warmup: bool = True) -> float:
   return float(np.median(times))
 
 
+def interleaved(fns: dict, reps: int, inputs=None) -> dict[str, float]:
+  """Median seconds per call of each fn, calls interleaved round-robin (machine noise hits all alike).
+  ``inputs``: round i calls ``fn(inputs[i])`` (``reps`` rounds, ``reps <= len(inputs)``), else ``fn()``."""
+  times = {k: [] for k in fns}
+  for i in range(reps):
+    for k, fn in fns.items():
+      start = time.perf_counter()
+      fn() if inputs is None else fn(inputs[i])
+      times[k].append(time.perf_counter() - start)
+  return {k: float(np.median(v)) for k, v in times.items()}
+
+
 def add_malloc_flag(parser) -> None:
   """``--malloc tuned|default``: the allocator both frameworks run under in this process."""
   parser.add_argument("--malloc", choices=("tuned", "default"), default="tuned",

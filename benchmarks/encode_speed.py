@@ -32,7 +32,7 @@ from edistill import xla_options
 from edistill.models import zoo
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import add_malloc_flag, apply_malloc, stdlib_docstrings  # noqa: E402
+from common import add_malloc_flag, apply_malloc, interleaved, stdlib_docstrings  # noqa: E402
 
 BUCKET = 8
 
@@ -40,17 +40,6 @@ BUCKET = 8
 def stdlib_texts(n: int) -> list[str]:
   """Stdlib docstring paragraphs of at least 4 words (the corpus workload)."""
   return [t for t in stdlib_docstrings() if len(t.split()) >= 4][:n]
-
-
-def interleaved(fns: dict, reps: int) -> dict[str, float]:
-  """Median seconds per call of each fn, calls interleaved round-robin."""
-  times = {k: [] for k in fns}
-  for _ in range(reps):
-    for k, fn in fns.items():
-      start = time.perf_counter()
-      fn()
-      times[k].append(time.perf_counter() - start)
-  return {k: float(np.median(v)) for k, v in times.items()}
 
 
 def main():

@@ -84,7 +84,7 @@ def encoder(cfg, params, device) -> torch.nn.Module:
     config._attn_implementation = "sdpa"
   with torch.device(device):
     model = cls(config, add_pooling_layer=False)
-  tensors = {k: torch.tensor(v) for k, v in hf_import.hf_tensors(params, cfg).items()}
+  tensors = {k: torch.tensor(v) for k, v in hf_import.hf_tensors(params, cfg, pooler=False).items()}
   missing, unexpected = model.load_state_dict(tensors, strict=False)
   left = [k for k in missing if not k.endswith(("position_ids", "token_type_ids"))]  # Buffers.
   if left or unexpected:

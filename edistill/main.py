@@ -8,14 +8,16 @@ Modes (``--mode`` overrides ``config.mode``):
   cross_domain  the same on the test split of every benchmark in ``config.eval.domains``, one table
   precompute  only fill the caches training reads: the dataset, the teacher's query/document tables
               (split across hosts on a pod), pseudo-labels; a later ``train`` starts from them
-  export      write the trained student's towers (DIR's latest checkpoint or ``config.eval.checkpoint``)
-              to DIR/export/<tower> as HF + sentence-transformers directories
+  export      write the trained student (DIR's latest checkpoint or ``config.eval.checkpoint``) to
+              DIR/export as one sentence-transformers model (a query/document Router) whose two
+              route directories are HF directories too
   similarity  encode the config's few sentences with teacher and student (configs/demo.py:similarity)
 """
 from __future__ import annotations
 
 import json
 import logging as std_logging
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -74,10 +76,15 @@ def run_similarity(config, workdir: Path) -> str:
 
 
 def run_export(config, workdir) -> str:
-  """The trained student's towers as HF + sentence-transformers directories under ``workdir/export``."""
+  """The trained student as one sentence-transformers model under ``workdir/export`` (models/st_router.py):
+  its "query" route is the query tower at ``data.max_query_length``; its "document" route, at
+  ``data.max_doc_length``, the same tower (tied), the document tower (untied) or the teacher whose
+  document embeddings an asymmetric student was trained and evaluated against (its weights shipped,
+  so the export is complete offline). Each route directory is an HF directory too. Returns the
+  manifest ``edistill_export.json``."""
   from edistill import checkpoint
   from edistill.eval import suite
-  from edistill.models import dual_encoder, hf_import
+  from edistill.models import dual_encoder, hf_import, st_router
   if "://" in str(workdir):
     raise ValueError(f"--mode export writes to a local directory; {workdir} is not one.")
   if jax.process_count() > 1:
@@ -88,17 +95,29 @@ def run_export(config, workdir) -> str:
   pre = zoo.load_from_config(config.student)
   kind = config.student.kind
   student = dual_encoder.DualEncoder(pre.module, pre.module if kind == "untied" else None, kind)
-  manifest = {"step": step, "student": config.student.name, "kind": kind, "towers": {}}
-  for name, (module, tower_params) in dual_encoder.standalone_towers(student, params).items():
-    head = hf_import.HeadConfig(module.pooling, module.normalize, module.projection_dim, module.normalize_first)
-    max_len = config.data.max_doc_length if name == "doc_encoder" else config.data.max_query_length
-    out = hf_import.export(tower_params, module.config, head, Path(workdir) / "export" / name, pre.path, max_len)
-    manifest["towers"][name] = str(out)
+  towers = dual_encoder.standalone_towers(student, params)
+  out = Path(workdir) / "export"
+  tmp = out.with_name(out.name + ".tmp")
+  shutil.rmtree(tmp, ignore_errors=True)
+  tmp.mkdir(parents=True)
+  lengths = {"query": config.data.max_query_length, "document": config.data.max_doc_length}
+  hf_import.export_encoder(*towers["encoder" if kind == "tied" else "query_encoder"], tmp / "query", pre.path,
+                           lengths["query"])
+  sources = {"query": f"student query tower ({zoo.identity(config.student.name)})"}
   if kind == "asymmetric":  # Its query vectors live in the teacher's document space.
-    manifest["documents"] = {"encoder": suite.retrieval_teacher(config).name,
-                             "max_length": config.data.max_doc_length,
-                             "note": "encode documents with this teacher (the student has no document tower)"}
-  (Path(workdir) / "export" / "edistill_export.json").write_text(json.dumps(manifest, indent=2))
+    teacher = suite.retrieval_teacher(config)
+    tpre = zoo.load_from_config(teacher)
+    hf_import.export_encoder(tpre.module, tpre.params, tmp / "document", tpre.path, lengths["document"])
+    sources["document"] = f"teacher {zoo.identity(teacher.name)}"
+  else:
+    hf_import.export_encoder(*towers["encoder" if kind == "tied" else "doc_encoder"], tmp / "document", pre.path,
+                             lengths["document"])
+    sources["document"] = "student query tower again" if kind == "tied" else "student document tower"
+  st_router.write_router(tmp)
+  manifest = {"step": step, "student": zoo.identity(config.student.name), "kind": kind, "similarity": "dot",
+              "routes": {r: {"path": r, "max_seq_length": lengths[r], "encoder": sources[r]} for r in st_router.ROUTES}}
+  (tmp / "edistill_export.json").write_text(json.dumps(manifest, indent=2))
+  hf_import.replace_dir(tmp, out)
   return json.dumps(manifest, indent=2)
 
 

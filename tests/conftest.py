@@ -21,6 +21,22 @@ def fixtures() -> Path:
 
 def pytest_configure(config):
   config.addinivalue_line("markers", "slow: needs the real packaged checkpoints (~400 MB download once)")
+  config.addinivalue_line("markers", "interop: loads exports in torch libraries (make test-interop)")
+
+
+def pytest_addoption(parser):
+  parser.addoption("--interop", action="store_true",
+                   help="run the interop tests (tests/interop: torch, sentence-transformers, onnxruntime)")
+
+
+def pytest_collection_modifyitems(config, items):
+  """The interop suite needs its own venv (make test-interop): skipped unless asked for."""
+  if config.getoption("--interop"):
+    return
+  skip = pytest.mark.skip(reason="interop suite: make test-interop")
+  for item in items:
+    if "interop" in item.keywords:
+      item.add_marker(skip)
 
 
 def write_wordpiece_vocab(directory: Path) -> Path:

@@ -116,15 +116,58 @@ def test_export_writes_the_original_hf_tensors_back(tmp_path, fixtures, arch):
   out = hf_import.export(params, cfg, hf_import.HeadConfig(), tmp_path / "export", tokenizer_dir=tmp_path)
   original = safetensors.numpy.load_file(str(fixtures / f"tiny-{arch}" / "model.safetensors"))
   written = safetensors.numpy.load_file(str(out / "model.safetensors"))
-  assert set(written) == set(original) - {"embeddings.position_ids"}
+  pooler = {"pooler.dense.weight", "pooler.dense.bias"}
+  assert set(written) == set(original) - {"embeddings.position_ids"} | pooler
   for name, value in written.items():
-    np.testing.assert_array_equal(value, original[name], err_msg=name)
+    if name not in pooler:
+      np.testing.assert_array_equal(value, original[name], err_msg=name)
   assert hf_import.read_config(out) == cfg
   hf_cfg = json.loads((out / "config.json").read_text())
   ref_cfg = json.loads((fixtures / f"tiny-{arch}" / "config.json").read_text())
   for key in ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size",
               "intermediate_size", "max_position_embeddings", "layer_norm_eps"):
     assert hf_cfg[key] == ref_cfg[key], key
+
+
+def test_export_writes_a_zero_pooler_so_automodel_finds_every_tensor(tmp_path, fixtures):
+  """AutoModel builds BERT's / MPNet's [CLS] pooler; without it in the file it reported it MISSING and
+  initialised it at random. edistill's embeddings never read it: zeros (pooler_output = 0)."""
+  cfg, params = hf_import.load_params(fixtures / "tiny-bert")
+  out = hf_import.export(params, cfg, hf_import.HeadConfig(), tmp_path / "export", tokenizer_dir=tmp_path)
+  written = safetensors.numpy.load_file(str(out / "model.safetensors"))
+  np.testing.assert_array_equal(written["pooler.dense.weight"], np.zeros((cfg.hidden_size, cfg.hidden_size)))
+  np.testing.assert_array_equal(written["pooler.dense.bias"], np.zeros(cfg.hidden_size))
+  _, back = hf_import.load_params(out)  # Reading it back ignores the pooler.
+  assert "pooler" not in back
+
+
+def test_export_files_are_readable_as_the_umask_allows(tmp_path, fixtures):
+  """safetensors writes its files 0600: an export (weights included) is meant to be shared."""
+  import os
+  cfg, params = hf_import.load_params(fixtures / "tiny-bert")
+  module = encoder.Encoder(cfg, "mean", True, 5)
+  ids = np.ones((1, 4), np.int32)
+  params["projection"] = jax.tree.map(np.asarray, module.init(jax.random.key(0), ids, ids)["params"]["projection"])
+  old = os.umask(0o022)
+  try:
+    out = hf_import.export(params, cfg, hf_import.HeadConfig("mean", True, 5), tmp_path / "export", fixtures / "tiny-bert")
+  finally:
+    os.umask(old)
+  modes = {str(p.relative_to(out)): oct(p.stat().st_mode & 0o777) for p in out.rglob("*") if p.is_file()}
+  assert "model.safetensors" in modes and "2_Dense/model.safetensors" in modes
+  assert set(modes.values()) == {"0o644"}, modes
+
+
+def test_export_records_its_length_for_sentence_transformers_and_the_tokenizer(tmp_path, fixtures):
+  cfg, params = hf_import.load_params(fixtures / "tiny-bert")
+  write_wordpiece_vocab(tmp_path)
+  out = hf_import.export(params, cfg, hf_import.HeadConfig(), tmp_path / "export", tokenizer_dir=tmp_path,
+                         max_seq_length=24)
+  assert json.loads((out / "sentence_bert_config.json").read_text())["max_seq_length"] == 24
+  assert json.loads((out / "tokenizer_config.json").read_text())["model_max_length"] == 24  # transformers' truncation.
+  assert json.loads((out / "config_sentence_transformers.json").read_text())["similarity_fn_name"] == "dot"
+  assert hf_import.read_max_seq_length(out) == 24
+  assert hf_import.read_max_seq_length(fixtures / "tiny-bert") is None
 
 
 def test_export_round_trip_keeps_head_and_embeddings(tmp_path, fixtures):

@@ -259,7 +259,8 @@ def test_export_mode_writes_the_asymmetric_query_tower_as_the_model_retrieval_us
   recipes.train(cfg, work)
   manifest = json.loads(main.run_export(cfg, work))
   assert manifest["kind"] == "asymmetric" and manifest["step"] == cfg.train.steps
-  assert manifest["documents"]["encoder"] == str(teacher)
+  assert manifest["routes"]["document"] == {"path": "document", "max_seq_length": cfg.data.max_doc_length,
+                                            "encoder": f"teacher {teacher}"}
   assert json.loads((work / "export" / "edistill_export.json").read_text()) == manifest
 
   from edistill import checkpoint
@@ -272,11 +273,12 @@ def test_export_mode_writes_the_asymmetric_query_tower_as_the_model_retrieval_us
   texts = ["the cat sat", "a dog ran far away", "cats"]
   batch = spre.tokenize(texts, 16)
   expected = np.asarray(model.query_fn(model.query_params, batch["input_ids"], batch["attention_mask"]))
-  exported = zoo.load(manifest["towers"]["query_encoder"])
+  exported = zoo.load(work / "export" / "query")
   assert exported.module.normalize_first and exported.module.projection_dim == expected.shape[1]
   got = np.asarray(exported.module.apply({"params": jax.device_put(exported.params)}, batch["input_ids"],
                                          batch["attention_mask"]))
   np.testing.assert_allclose(got, expected, atol=1e-6)
+  assert zoo.load(work / "export" / "document").head.projection_dim == 6  # The teacher, its Dense head included.
 
 
 @pytest.mark.parametrize("spec", ["configs/demo.py", "configs/ablation.py:row=unlab,student=l2",

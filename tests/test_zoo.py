@@ -46,6 +46,26 @@ def test_load_applies_head_overrides(tmp_path, fixtures):
   assert pre.tokenize(["the cat"], max_length=6)["input_ids"].tolist() == [[2, 5, 6, 3, 0, 0]]
 
 
+def test_load_of_an_export_tokenizes_at_the_exports_length_unless_told(tmp_path, fixtures):
+  from edistill.models import hf_import
+  ckpt = write_wordpiece_vocab(Path(shutil.copytree(fixtures / "tiny-bert", tmp_path / "ckpt")))
+  pre = zoo.load(ckpt)
+  assert pre.max_seq_length is None
+  with pytest.raises(ValueError, match="states no max_seq_length: pass max_length"):
+    pre.tokenize(["the cat"])
+  out = hf_import.export(pre.params, pre.config, pre.head, tmp_path / "export", ckpt, max_seq_length=4)
+  exported = zoo.load(out)
+  assert exported.max_seq_length == 4
+  assert exported.tokenize(["the cat sat on the mat"])["input_ids"].tolist() == [[2, 5, 6, 3]]
+  assert exported.tokenize(["the cat"], max_length=6)["input_ids"].shape == (1, 6)  # An explicit length wins.
+
+
+def test_named_checkpoints_export_under_their_hub_identity():
+  assert zoo.identity("mpnet-base") == "sentence-transformers/all-mpnet-base-v2"
+  assert zoo.identity("minilm-l6") == "sentence-transformers/all-MiniLM-L6-v2"
+  assert zoo.identity("/data/my-model") == "/data/my-model"
+
+
 def test_dropout_override_changes_training_noise_only(tmp_path, fixtures):
   ckpt = write_wordpiece_vocab(Path(shutil.copytree(fixtures / "tiny-bert", tmp_path / "ckpt")))
   stored, off = zoo.load(ckpt), zoo.load(ckpt, dropout=0.0)

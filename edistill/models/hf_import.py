@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
+import os
 import pickle
 import shutil
 import zipfile
@@ -334,17 +335,79 @@ def load_head_params(ckpt_dir: str | Path, head: HeadConfig, hidden: int) -> Par
 
 
 # ------------------------------------------------------------------------------------- export
-def hf_tensors(params: Params, cfg: TransformerConfig) -> dict[str, np.ndarray]:
-  """The encoder's param tree as HF tensors {name: float32 array} (a ``BertModel``/``MPNetModel``
-  state dict without its buffers and pooler)."""
-  return {name: np.ascontiguousarray(value)
-          for path, names, _, to_hf in tensor_map(cfg)
-          for name, value in zip(names, to_hf(np.asarray(_get(params, path), np.float32)))}
+ST_CONFIG = "config_sentence_transformers.json"
+
+
+def read_max_seq_length(ckpt_dir: str | Path) -> int | None:
+  """The token length a sentence-transformers directory encodes at: ``sentence_bert_config.json``'s
+  ``max_seq_length``, else the tokenizer's ``model_max_length`` when it is a real length (HF writes
+  ~1e30 for "none"); None when neither says."""
+  ckpt_dir = Path(ckpt_dir)
+  for name, key in (("sentence_bert_config.json", "max_seq_length"), ("tokenizer_config.json", "model_max_length")):
+    path = ckpt_dir / name
+    value = json.loads(path.read_text()).get(key) if path.is_file() else None
+    if isinstance(value, int) and 0 < value < 1_000_000:
+      return value
+  return None
+
+
+def public_file_modes(root: Path) -> None:
+  """Files under ``root`` readable as the umask allows (safetensors writes 0600 whatever the umask):
+  an export is meant to be shared."""
+  umask = os.umask(0)
+  os.umask(umask)
+  for path in root.rglob("*"):
+    if path.is_file():
+      path.chmod(0o666 & ~umask)
+
+
+def replace_dir(tmp: Path, out_dir: Path) -> Path:
+  """Moves the finished ``tmp`` to ``out_dir``, replacing an existing one without leaving it half-written."""
+  if out_dir.exists():
+    old = out_dir.with_name(out_dir.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    out_dir.rename(old)
+    tmp.rename(out_dir)
+    shutil.rmtree(old)
+  else:
+    tmp.rename(out_dir)
+  return out_dir
+
+
+def hf_tensors(params: Params, cfg: TransformerConfig, pooler: bool = True) -> dict[str, np.ndarray]:
+  """The transformer's tensors by HF name (float32, torch layout), with ``AutoModel``'s [CLS] pooler
+  as zeros (``pooler``): edistill's embeddings pool the last hidden states and never read it, and
+  zeros make ``AutoModel`` load a complete, deterministic model (``pooler_output`` = 0) instead of
+  reporting the pooler MISSING and initialising it at random."""
+  tensors = {name: np.ascontiguousarray(value)
+             for path, names, _, to_hf in tensor_map(cfg)
+             for name, value in zip(names, to_hf(np.asarray(_get(params, path), np.float32)))}
+  if pooler and (prefix := arch_lib.get(cfg.arch).pooler):
+    tensors[f"{prefix}.weight"] = np.zeros((cfg.hidden_size, cfg.hidden_size), np.float32)
+    tensors[f"{prefix}.bias"] = np.zeros((cfg.hidden_size,), np.float32)
+  return tensors
+
+
+def _copy_tokenizer(tokenizer_dir: Path, out: Path, max_seq_length: int) -> None:
+  """The tokenizer files, with ``model_max_length`` set to the export's length so a transformers
+  user's ``truncation=True`` cuts where edistill did."""
+  for name in TOKENIZER_FILES:
+    if (tokenizer_dir / name).is_file():
+      shutil.copy(tokenizer_dir / name, out / name)
+  config = out / "tokenizer_config.json"
+  if config.is_file():
+    config.write_text(json.dumps({**json.loads(config.read_text()), "model_max_length": max_seq_length}, indent=2))
+
+
+def st_model_config(similarity: str = "dot") -> str:
+  """``config_sentence_transformers.json``: the similarity edistill scores with (inner products)."""
+  return json.dumps({"model_type": "SentenceTransformer", "prompts": {}, "default_prompt_name": None,
+                     "similarity_fn_name": similarity}, indent=2)
 
 
 def export(params: Params, cfg: TransformerConfig, head: HeadConfig, out_dir: str | Path,
            tokenizer_dir: str | Path, max_seq_length: int = 256) -> Path:
-  """Writes an HF + sentence-transformers directory for the encoder.
+  """Writes an HF + sentence-transformers directory for the encoder (files as the umask allows).
 
   ``params`` is the Encoder's param tree (with ``projection`` if ``head.projection_dim``).
   Written to a temporary sibling first and renamed, so an existing export is never half-replaced.
@@ -355,9 +418,8 @@ def export(params: Params, cfg: TransformerConfig, head: HeadConfig, out_dir: st
   tmp.mkdir(parents=True)
   safetensors.numpy.save_file(hf_tensors(params, cfg), str(tmp / "model.safetensors"), metadata={"format": "pt"})
   (tmp / "config.json").write_text(json.dumps(config_to_hf(cfg), indent=2))
-  for name in TOKENIZER_FILES:
-    if (Path(tokenizer_dir) / name).is_file():
-      shutil.copy(Path(tokenizer_dir) / name, tmp / name)
+  _copy_tokenizer(Path(tokenizer_dir), tmp, max_seq_length)
+  (tmp / ST_CONFIG).write_text(st_model_config())
   modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}]
   (tmp / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_seq_length,
                                                             "do_lower_case": False}))
@@ -392,12 +454,12 @@ def export(params: Params, cfg: TransformerConfig, head: HeadConfig, out_dir: st
   if head.normalize and not head.normalize_first:
     add_normalize()
   (tmp / "modules.json").write_text(json.dumps(modules, indent=2))
-  if out_dir.exists():
-    old = out_dir.with_name(out_dir.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    out_dir.rename(old)
-    tmp.rename(out_dir)
-    shutil.rmtree(old)
-  else:
-    tmp.rename(out_dir)
-  return out_dir
+  public_file_modes(tmp)
+  return replace_dir(tmp, out_dir)
+
+
+def export_encoder(module: Encoder, params: Params, out_dir: str | Path, tokenizer_dir: str | Path,
+                   max_seq_length: int) -> Path:
+  """``export`` of an Encoder module with its own head (pooling, normalisation, projection)."""
+  head = HeadConfig(module.pooling, module.normalize, module.projection_dim, module.normalize_first)
+  return export(params, module.config, head, out_dir, tokenizer_dir, max_seq_length)

