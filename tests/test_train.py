@@ -187,6 +187,16 @@ def test_frozen_lower_layers_cost_no_backward_pass_and_leave_the_update_unchange
                                 params["query_tower"]["layer_0"]["mlp_in"]["kernel"])
 
 
+def test_frozen_patterns_that_match_nothing_or_everything_fail_naming_the_key():
+  params = {"query_tower": {"embeddings": {"word": np.zeros(2)}, "layer_0": {"mlp_in": np.zeros(2)}}}
+  state_lib.check_frozen(params, ())
+  state_lib.check_frozen(params, (r"query_tower/embeddings/",))
+  with pytest.raises(ValueError, match=r"train.frozen: 'query_tower/layer_7/' matches no parameter"):
+    state_lib.check_frozen(params, (r"query_tower/embeddings/", r"query_tower/layer_7/"))
+  with pytest.raises(ValueError, match="freezes every parameter"):
+    state_lib.check_frozen(params, (r"query_tower/embeddings/", r"query_tower/layer_[0-2]/"))
+
+
 def test_pull_to_init_converges_to_the_l2sp_minimum_and_is_off_by_default():
   # loss ||theta - t||^2 plus the pull w/2 ||theta - theta0||^2: minimum (2t + w theta0) / (2 + w).
   t, theta0, w = np.array([3.0, -1.0, 0.5]), np.array([1.0, 1.0, 1.0]), 4.0

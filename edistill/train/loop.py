@@ -107,6 +107,7 @@ def train(cfg, workdir: str | Path, build, evaluations=()) -> dict[str, float]:
   mesh = mesh_lib.make_mesh(mesh_lib.axes(cfg.mesh))
   batch_sharding = mesh_lib.batch_sharding(mesh)
   distributed.check_batch_layout(batch_sharding, cfg.train.batch_size, pid, nproc)
+  state_lib.check_frozen(setup.init_params, tuple(cfg.train.frozen))
   abstract = jax.eval_shape(lambda p: state_lib.create(p, setup.tx, cfg.seed), setup.init_params)
   state_sh = mesh_lib.tree_shardings(abstract, mesh, mesh_lib.rules(cfg.mesh))
   teacher_sh = mesh_lib.replicated(mesh)

@@ -42,6 +42,17 @@ def stop_frozen(params, patterns: Sequence[str]) -> Any:
                       params, _labels(params, patterns))
 
 
+def check_frozen(params, patterns: Sequence[str]) -> None:
+  """Fails naming ``config.train.frozen`` when a pattern matches no parameter (a typo would silently
+  freeze nothing) or the patterns match every parameter (nothing would train)."""
+  paths = [path_str(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+  for pattern in patterns:
+    if not any(re.search(pattern, x) for x in paths):
+      raise ValueError(f"config.train.frozen: {pattern!r} matches no parameter; paths look like {paths[0]!r}.")
+  if patterns and all(any(re.search(p, x) for p in patterns) for x in paths):
+    raise ValueError(f"config.train.frozen={tuple(patterns)} freezes every parameter: nothing would train.")
+
+
 def _decay_mask(params) -> Any:
   """Weight decay on matrices only: not on biases, LayerNorm parameters or embedding tables."""
   return jax.tree_util.tree_map_with_path(
