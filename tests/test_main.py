@@ -116,7 +116,11 @@ def test_demo_is_the_ablations_score_row_with_the_six_layer_student_and_large_sp
   with row.unlocked():
     row.data.unlabeled_queries = demo.data.unlabeled_queries
     row.data.num_hard_negatives, row.data.teacher_negatives = 1, 30  # Chosen on dev.
+    row.train.frozen = ("query_tower/embeddings/", "query_tower/layer_[0-2]/")  # Chosen on dev.
   assert demo.to_dict() == row.to_dict()
+  assert _load("configs/demo.py:frozen=0").train.frozen == ()
+  with pytest.raises(ValueError, match="frozen=6"):
+    _load("configs/demo.py:frozen=6")
   plain = _load("configs/demo.py:hard=0")
   assert (plain.data.num_hard_negatives, plain.data.teacher_negatives) == (0, 0)
   assert (demo.student.kind, demo.student.num_layers, demo.data.corpus_size) == ("tied", 0, 2000)
