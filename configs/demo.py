@@ -9,10 +9,11 @@ MiniLM student (one tower for queries and documents): one-hot label loss + in-ba
 distillation (the ``score`` row of configs/ablation.py with the 6-layer student) on the training
 queries, each with one hard negative mined from the teacher's top 30 (``:hard=N``, 0 for none),
 300 steps, with the word/position embeddings and the lowest ``:frozen=3`` of its six layers frozen
-(no backward pass below layer 3: ~1.5x fewer FLOPs a step; ``:frozen=0`` trains them all). ``:unlabeled=N`` adds N unlabeled training queries labelled by the teacher's top-1
-document (off by default: 8,000 of them lowered dev MRR@10, benchmarks/RESULTS.md). Then it
-evaluates the teacher, the zero-shot student, the distilled student and BM25 (exact search and
-ScaNN, with ScaNN's recall against exact) and prints the results table (runs/demo/results_test.md).
+(no backward pass below layer 3: 1.72x the steps/s, benchmarks/RESULTS.md; ``:frozen=0`` trains them
+all). ``:unlabeled=N`` adds N unlabeled training queries labelled by the teacher's top-1 document
+(off by default: 8,000 of them lowered dev MRR@10, benchmarks/RESULTS.md). Then it evaluates the
+teacher, the zero-shot student, the distilled student and BM25 (exact search and ScaNN, with
+ScaNN's recall against exact) and prints the results table (runs/demo/results_test.md).
 
 Why not the asymmetric student (the teacher's document tower, ``row=unlab``): at this budget its
 query tower, learning the teacher's space from ~15k queries in 300 steps, stays below its own

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging as std_logging
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -97,9 +96,7 @@ def run_export(config, workdir) -> str:
   student = dual_encoder.DualEncoder(pre.module, pre.module if kind == "untied" else None, kind)
   towers = dual_encoder.standalone_towers(student, params)
   out = Path(workdir) / "export"
-  tmp = out.with_name(out.name + ".tmp")
-  shutil.rmtree(tmp, ignore_errors=True)
-  tmp.mkdir(parents=True)
+  tmp = hf_import.fresh_tmp(out)
   lengths = {"query": config.data.max_query_length, "document": config.data.max_doc_length}
   hf_import.export_encoder(*towers["encoder" if kind == "tied" else "query_encoder"], tmp / "query", pre.path,
                            lengths["query"])

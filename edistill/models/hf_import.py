@@ -361,6 +361,14 @@ def public_file_modes(root: Path) -> None:
       path.chmod(0o666 & ~umask)
 
 
+def fresh_tmp(out_dir: Path) -> Path:
+  """An empty sibling ``out_dir.tmp`` to write into before ``replace_dir`` (a crashed run's is dropped)."""
+  tmp = out_dir.with_name(out_dir.name + ".tmp")
+  shutil.rmtree(tmp, ignore_errors=True)
+  tmp.mkdir(parents=True)
+  return tmp
+
+
 def replace_dir(tmp: Path, out_dir: Path) -> Path:
   """Moves the finished ``tmp`` to ``out_dir``, replacing an existing one without leaving it half-written."""
   if out_dir.exists():
@@ -413,9 +421,7 @@ def export(params: Params, cfg: TransformerConfig, head: HeadConfig, out_dir: st
   Written to a temporary sibling first and renamed, so an existing export is never half-replaced.
   """
   out_dir = Path(out_dir)
-  tmp = out_dir.with_name(out_dir.name + ".tmp")
-  shutil.rmtree(tmp, ignore_errors=True)
-  tmp.mkdir(parents=True)
+  tmp = fresh_tmp(out_dir)
   safetensors.numpy.save_file(hf_tensors(params, cfg), str(tmp / "model.safetensors"), metadata={"format": "pt"})
   (tmp / "config.json").write_text(json.dumps(config_to_hf(cfg), indent=2))
   _copy_tokenizer(Path(tokenizer_dir), tmp, max_seq_length)

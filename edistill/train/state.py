@@ -45,11 +45,11 @@ def stop_frozen(params, patterns: Sequence[str]) -> Any:
 def check_frozen(params, patterns: Sequence[str]) -> None:
   """Fails naming ``config.train.frozen`` when a pattern matches no parameter (a typo would silently
   freeze nothing) or the patterns match every parameter (nothing would train)."""
-  paths = [path_str(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
   for pattern in patterns:
-    if not any(re.search(pattern, x) for x in paths):
-      raise ValueError(f"config.train.frozen: {pattern!r} matches no parameter; paths look like {paths[0]!r}.")
-  if patterns and all(any(re.search(p, x) for p in patterns) for x in paths):
+    if "frozen" not in jax.tree.leaves(_labels(params, (pattern,))):
+      example = path_str(jax.tree_util.tree_flatten_with_path(params)[0][0][0])
+      raise ValueError(f"config.train.frozen: {pattern!r} matches no parameter; paths look like {example!r}.")
+  if patterns and set(jax.tree.leaves(_labels(params, patterns))) == {"frozen"}:
     raise ValueError(f"config.train.frozen={tuple(patterns)} freezes every parameter: nothing would train.")
 
 
