@@ -15,7 +15,9 @@ tower + projection scoring against the MPNet dual encoder's document embeddings,
   query_emb  (dual head only) L2 matching of the student's query embeddings to the CE's dual-pooled
              query vectors of the same pair (an asymmetric student through a head of its own),
   doc_emb    (dual head, tied only) the same for its document embeddings.
-``ce`` is the CE run's checkpoint directory; ``init``/``layers``/``head`` must be those it was trained
+``ce`` is the CE run's checkpoint directory, or ``outputs`` an .npz of its outputs over these
+candidates scored elsewhere (``recipes/cross_encoder.write_outputs``; ``benchmarks/ce_gpu.py`` writes
+one per head from a GPU run); ``init``/``layers``/``head`` must be those it was trained
 with. The results table's ``teacher`` row is the dual encoder (the CE's re-ranking figures are in the
 CE run's results).
 """
@@ -26,9 +28,9 @@ KINDS = ("tied", "asymmetric")
 
 
 def get_config(arg=None):
-  args = config_lib.parse_arg(arg, head="cls", ce="", init="minilm-l6", layers=2, student_layers=2, corpus=2000,
-                              n_test=0, n_dev=0, steps=200, lr=1e-4, hard=3, mine="teacher", depth=30, kind="tied",
-                              runlocal=False)
+  args = config_lib.parse_arg(arg, head="cls", ce="", outputs="", init="minilm-l6", layers=2, student_layers=2,
+                              corpus=2000, n_test=0, n_dev=0, steps=200, lr=1e-4, hard=3, mine="teacher", depth=30,
+                              kind="tied", runlocal=False)
   if args.head not in HEADS:
     raise ValueError(f"head={args.head!r}; expected one of {HEADS}.")
   if args.kind not in KINDS:
@@ -38,7 +40,8 @@ def get_config(arg=None):
   cfg.data.max_doc_length = 64
   cfg.data.num_hard_negatives = args.hard
   cfg.teacher.update(name=args.init, num_layers=args.layers, kind="cross")
-  cfg.cross_encoder.update(head=args.head, checkpoint=args.ce or f"runs/ce_{args.head}/checkpoints", mine=args.mine,
+  checkpoint = "" if args.outputs else args.ce or f"runs/ce_{args.head}/checkpoints"
+  cfg.cross_encoder.update(head=args.head, checkpoint=checkpoint, outputs=args.outputs, mine=args.mine,
                            mine_depth=args.depth)
   cfg.student.update(name="minilm-l6", num_layers=args.student_layers, kind=args.kind)
   dual = args.head == "dual"

@@ -194,6 +194,8 @@ def cross_encoder_config() -> ml_collections.ConfigDict:
       "dual_encoder": dual_encoder_config("mpnet-base"),
       "temperature": 1.0,  # listwise softmax over each query's candidates when training the CE
       "checkpoint": "",  # teacher.kind="cross": the trained CE's checkpoint directory
+      # teacher.kind="cross": its outputs scored elsewhere instead (an .npz of recipes/cross_encoder.write_outputs)
+      "outputs": "",
       "batch_size": 64,  # pairs per forward when precomputing teacher outputs and re-ranking
       "first_stage": "bm25",  # re-ranking evaluation: "bm25" or "teacher" (exact search with dual_encoder)
       "rerank_k": 20})

@@ -430,11 +430,56 @@ def test_ce_configs_train_rerank_and_distill_two_steps(tmp_path, tiny_models, is
   metrics = recipes.train(asym, tmp_path / "asym")
   assert {k.split("/")[0] for k in metrics if "/" in k} == {"label", "score", "query_emb"}
   assert np.isfinite(metrics["loss"])
+  # The same student from the CE's outputs written to a file (scored elsewhere, e.g. on a GPU): the
+  # same training, to the bit.
+  from edistill.recipes import embed_distill
+  data, _ = ce._training_data(asym)
+  student_pre, _, _ = embed_distill.student_parts(asym)
+  examples = embed_distill.student_pipeline(asym, data, student_pre.tokenizer, 0, 1).examples
+  model, pre, ce_params = ce_lib.restore(asym.teacher, asym.cross_encoder, asym.cross_encoder.checkpoint)
+  outputs = ce.teacher_outputs(model, ce_params, pre.tokenizer, data, examples, asym.data.max_query_length,
+                               asym.data.max_doc_length, asym.cross_encoder.batch_size)
+  q_rows = np.broadcast_to(examples.query[:, None], examples.docs.shape).reshape(-1)
+  ce.write_outputs(tmp_path / "outputs.npz", data, q_rows, examples.docs.reshape(-1),
+                   {k: v.reshape(len(q_rows), *v.shape[2:]) for k, v in outputs.items()})
+  from_file = asym.copy_and_resolve_references()
+  from_file.cross_encoder.update(checkpoint="", outputs=str(tmp_path / "outputs.npz"))
+  config_lib.validate(from_file)
+  assert recipes.train(from_file, tmp_path / "asym_file")["loss"] == metrics["loss"]
   rows = suite.run(asym, tmp_path / "asym", split="test", models=("teacher", "student"), scann=False)
   assert rows["student"]["num_queries"] == rows["teacher"]["num_queries"] > 0
   de = suite.run(_tiny(_load("cross_encoder", "head=dual,runlocal"), tiny_models), tmp_path / "de", split="test",
                  models=("teacher",), scann=False)
   assert rows["teacher"]["mrr@10"] == pytest.approx(de["teacher"]["mrr@10"], abs=1e-9)
+
+
+def test_stored_ce_outputs_are_looked_up_by_pair_and_refuse_other_data(tmp_path):
+  """``cross_encoder.outputs``: each example's (query, document) pair finds its row whatever the file's
+  order; a pair the file lacks, an id not in the data, or edited texts stop the run naming the file."""
+  from types import SimpleNamespace
+  data = SimpleNamespace(query_ids=["q0", "q1"], query_texts=["a", "b"], doc_ids=["d0", "d1", "d2"],
+                         doc_texts=["x", "y", "z"])
+  q_rows, d_rows = np.array([1, 0, 0, 1]), np.array([2, 0, 1, 0])
+  scores = np.array([12.0, 0.0, 1.0, 10.0], np.float32)
+  vectors = np.arange(8, dtype=np.float32).reshape(4, 2)
+  path = tmp_path / "out.npz"
+  ce.write_outputs(path, data, q_rows, d_rows, {"scores": scores, "query_vectors": vectors})
+  examples = pipeline.Examples(np.array([0, 1], np.int32), np.array([[1, 0], [0, 2]], np.int32))
+  got = ce.stored_outputs(path, data, examples)
+  np.testing.assert_array_equal(got["scores"], [[1.0, 0.0], [10.0, 12.0]])
+  np.testing.assert_array_equal(got["query_vectors"], vectors[[[2, 1], [3, 0]]])
+  with pytest.raises(ValueError, match=r"out.npz: 1 \(query, document\) pairs .* not in it, e.g. \[\('q1', 'd1'\)\]"):
+    ce.stored_outputs(path, data, pipeline.Examples(np.array([1], np.int32), np.array([[1]], np.int32)))
+  edited = SimpleNamespace(**{**vars(data), "doc_texts": ["x", "y", "z!"]})
+  with pytest.raises(ValueError, match="out.npz: the texts of its pairs differ"):
+    ce.stored_outputs(path, edited, examples)
+  other = SimpleNamespace(**{**vars(data), "query_ids": ["q0", "q9"]})
+  with pytest.raises(ValueError, match="not in the training data"):
+    ce.stored_outputs(path, other, examples)
+  with pytest.raises(ValueError, match="cannot read it"):
+    ce.stored_outputs(tmp_path / "missing.npz", data, examples)
+  with pytest.raises(ValueError, match="need 'scores'"):
+    ce.write_outputs(path, data, q_rows, d_rows, {"logits": scores})
 
 
 def test_ce_configs_fail_loudly_on_bad_settings():

@@ -16,6 +16,7 @@ sys.path.insert(0, str(BENCH))
 import steps  # noqa: E402
 
 from edistill.models.encoder import Encoder  # noqa: E402
+from tests import gpu_box  # noqa: E402
 
 
 @pytest.mark.parametrize("arch", ["bert", "mpnet"])
@@ -98,14 +99,9 @@ def test_the_gpu_scripts_import_nothing_the_gpu_box_lacks():
   """Each module train_gpu, steps and torch_steps import (lazily too) imports with those packages
   made unimportable, as they are on the GPU box."""
   modules = sorted(set().union(*(_imports(BENCH / f) for f in ("train_gpu.py", "steps.py", "torch_steps.py"))))
-  blocked = ("ml_collections", "tensorflow_datasets", "tensorflow", "scann", "bm25s")
-  code = f"""
-import importlib, importlib.abc, sys
-class Absent(importlib.abc.MetaPathFinder):
-  def find_spec(self, name, path=None, target=None):
-    if name.split(".")[0] in {blocked!r}:
-      raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
-sys.meta_path.insert(0, Absent())
+  blocked = gpu_box.BLOCKED
+  code = gpu_box.PREAMBLE + f"""
+import importlib
 sys.path.insert(0, {str(BENCH)!r})
 for name in {modules!r}:
   try:

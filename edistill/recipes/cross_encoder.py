@@ -180,6 +180,58 @@ def teacher_outputs(model: ce_lib.CrossEncoder, params, tokenizer, data, example
   return {k: v[inverse].reshape(*examples.docs.shape, *v.shape[1:]) for k, v in out.items()}
 
 
+def _pairs_fingerprint(data, q_rows: np.ndarray, d_rows: np.ndarray) -> str:
+  return content_key(queries=texts_fingerprint([data.query_texts[i] for i in q_rows]),
+                     docs=texts_fingerprint([data.doc_texts[i] for i in d_rows]))
+
+
+def write_outputs(path, data, q_rows: np.ndarray, d_rows: np.ndarray, outputs: dict[str, np.ndarray]) -> None:
+  """A CE's outputs scored elsewhere (an accelerator: ``benchmarks/ce_gpu.py``), for
+  ``cross_encoder.outputs``: the pairs by id, ``outputs`` (``scores`` [P], optionally
+  ``query_vectors`` / ``doc_vectors`` [P, H]) and the fingerprint of the pairs' texts."""
+  extra = sorted(set(outputs) - {"scores", "query_vectors", "doc_vectors"})
+  if "scores" not in outputs or extra:
+    raise ValueError(f"CE outputs need 'scores' (and may carry query_vectors/doc_vectors); got {sorted(outputs)}.")
+  with atomic_file(path) as tmp:
+    np.savez(tmp, query_ids=np.asarray([data.query_ids[i] for i in q_rows]),
+             doc_ids=np.asarray([data.doc_ids[i] for i in d_rows]), fingerprint=_pairs_fingerprint(data, q_rows, d_rows),
+             **{k: np.asarray(v, np.float32) for k, v in outputs.items()})
+
+
+def stored_outputs(path, data, examples: pipeline.Examples) -> dict[str, np.ndarray]:
+  """``teacher_outputs``' arrays for ``examples`` read from a ``write_outputs`` file. A pair the file
+  lacks, or pair texts that differ from those it was scored on, stop the run naming the file."""
+  path = str(path)
+  try:
+    z = np.load(path)
+  except (OSError, ValueError) as e:
+    raise ValueError(f"config.cross_encoder.outputs={path!r}: cannot read it ({e}).") from e
+  with z:
+    stored = {k: z[k] for k in z}
+  q_row = {q: i for i, q in enumerate(data.query_ids)}
+  d_row = {d: i for i, d in enumerate(data.doc_ids)}
+  unknown = [(q, d) for q, d in zip(stored["query_ids"].tolist(), stored["doc_ids"].tolist())
+             if q not in q_row or d not in d_row]
+  if unknown:
+    raise ValueError(f"{path}: {len(unknown)} pairs name queries or documents not in the training data, e.g. "
+                     f"{unknown[:3]}; these outputs were scored on other data.")
+  fq = np.asarray([q_row[q] for q in stored["query_ids"].tolist()], np.int64)
+  fd = np.asarray([d_row[d] for d in stored["doc_ids"].tolist()], np.int64)
+  if _pairs_fingerprint(data, fq, fd) != str(stored["fingerprint"]):
+    raise ValueError(f"{path}: the texts of its pairs differ from the training data's now; score them again.")
+  index = {k: i for i, k in enumerate((fq * len(data.doc_ids) + fd).tolist())}
+  keys = (np.broadcast_to(examples.query[:, None], examples.docs.shape).astype(np.int64) * len(data.doc_ids)
+          + examples.docs).reshape(-1)
+  missing = [k for k in dict.fromkeys(keys.tolist()) if k not in index]
+  if missing:
+    show = [(data.query_ids[k // len(data.doc_ids)], data.doc_ids[k % len(data.doc_ids)]) for k in missing[:3]]
+    raise ValueError(f"{path}: {len(missing)} (query, document) pairs of the training examples are not in it, e.g. "
+                     f"{show}; score the candidates of these settings (data.num_hard_negatives, mine, mine_depth).")
+  rows = np.asarray([index[k] for k in keys.tolist()])
+  return {k: stored[k][rows].reshape(*examples.docs.shape, *stored[k].shape[1:])
+          for k in ("scores", "query_vectors", "doc_vectors") if k in stored}
+
+
 def build_distill(cfg, process_index: int = 0, process_count: int = 1) -> loop.Setup:
   """``loop.Setup`` for a dual-encoder student of a trained cross-encoder (``teacher.kind="cross"``)."""
   loss = objective.loss_config(cfg.loss)
@@ -187,17 +239,26 @@ def build_distill(cfg, process_index: int = 0, process_count: int = 1) -> loop.S
   student_pre, student, params = embed_distill.student_parts(cfg)
   base = embed_distill.student_pipeline(cfg, data, student_pre.tokenizer, process_index, process_count)
   tx = embed_distill.optimizer(cfg.train)
-  model, pre, ce_params = ce_lib.restore(cfg.teacher, cfg.cross_encoder, cfg.cross_encoder.checkpoint)
-  outputs = teacher_outputs(model, ce_params, pre.tokenizer, data, base.examples, cfg.data.max_query_length,
-                            cfg.data.max_doc_length, cfg.cross_encoder.batch_size)
+  if cfg.cross_encoder.outputs:
+    outputs = stored_outputs(cfg.cross_encoder.outputs, data, base.examples)
+    needs = {"query_vectors": loss.query_emb, "doc_vectors": loss.doc_emb}
+    absent = [k for k, w in needs.items() if w and k not in outputs]
+    if absent:
+      raise ValueError(f"config.cross_encoder.outputs={cfg.cross_encoder.outputs!r} has no {absent}, which "
+                       f"config.loss.query_emb/doc_emb match; a 'dual' head's outputs carry them.")
+    ce_dim = next((v.shape[-1] for k, v in outputs.items() if k != "scores"), 0)
+  else:
+    model, pre, ce_params = ce_lib.restore(cfg.teacher, cfg.cross_encoder, cfg.cross_encoder.checkpoint)
+    outputs = teacher_outputs(model, ce_params, pre.tokenizer, data, base.examples, cfg.data.max_query_length,
+                              cfg.data.max_doc_length, cfg.cross_encoder.batch_size)
+    ce_dim = model.config.hidden_size
   signal = {"scores": "scores", "query_vectors": "query", "doc_vectors": "doc"}  # ce_lib.predict's -> the teacher's.
   table = {teachers.CrossEncoderTeacher.BATCH_KEYS[signal[k]]: v for k, v in outputs.items()}
   s_dim, rng = student.query_encoder.output_dim, jax.random.key(cfg.seed + 1)
   if cfg.student.kind == "asymmetric":
-    teacher, teacher_params = _asymmetric_parts(cfg, data, dual, student_pre, params, loss, model.config.hidden_size,
-                                                rng)
+    teacher, teacher_params = _asymmetric_parts(cfg, data, dual, student_pre, params, loss, ce_dim, rng)
   else:
-    embed_distill.add_projections(params, s_dim, model.config.hidden_size, rng, query=bool(loss.query_emb),
+    embed_distill.add_projections(params, s_dim, ce_dim, rng, query=bool(loss.query_emb),
                                   doc=bool(loss.doc_emb))
     teacher, teacher_params = teachers.CrossEncoderTeacher(), None
   pipe = DerivedPipeline(base, lambda batch, rows, local: {**batch, **{k: v[rows[local]] for k, v in table.items()}})
@@ -241,8 +302,9 @@ def validate_distill(cfg) -> None:
   if cfg.student.kind == "asymmetric" and cfg.loss.doc_emb:
     raise ValueError("config.loss.doc_emb: an asymmetric student's documents are the dual encoder's "
                      "(cross_encoder.dual_encoder), so there is nothing to match; set it to 0.")
-  if not ce.checkpoint:
-    raise ValueError("config.teacher.kind='cross' needs config.cross_encoder.checkpoint (a trained CE's checkpoints).")
+  if not ce.checkpoint and not ce.outputs:
+    raise ValueError("config.teacher.kind='cross' needs config.cross_encoder.checkpoint (a trained CE's checkpoints) "
+                     "or config.cross_encoder.outputs (its outputs scored elsewhere: recipes/cross_encoder.write_outputs).")
   if cfg.data.num_hard_negatives < 1 and (cfg.loss.score or cfg.loss.margin_mse):
     raise ValueError("score distillation from a cross-encoder runs over each query's candidates: set "
                      "config.data.num_hard_negatives >= 1.")

@@ -1,0 +1,13 @@
+"""What the lent GPU box lacks, for tests that run code as it runs there (a child ``python -c``)."""
+
+BLOCKED = ("ml_collections", "tensorflow_datasets", "tensorflow", "scann", "bm25s")
+
+# Makes the packages above unimportable in the process that runs it.
+PREAMBLE = f"""
+import importlib.abc, sys
+class Absent(importlib.abc.MetaPathFinder):
+  def find_spec(self, name, path=None, target=None):
+    if name.split(".")[0] in {BLOCKED!r}:
+      raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+sys.meta_path.insert(0, Absent())
+"""
