@@ -76,17 +76,25 @@ METRICS = ("mrr@10", "recall@10", "recall@100", "ndcg@10")  # The columns the qu
 
 def run_workdir(config: str, workdir: Path, overrides: list[str] = ()) -> dict:
   """``python -m edistill.main --config CONFIG --workdir WORKDIR [OVERRIDES]`` unless WORKDIR already holds
-  ``results_test.json``; returns those results plus ``wall_min`` (the run's minutes, recorded in
-  ``wall_s.txt``; NaN when the run was made without it)."""
-  results = workdir / "results_test.json"
-  if not results.is_file():
+  its test results (``report.result_file``); returns those results plus ``wall_min`` (the run's
+  minutes, recorded in ``wall_s.txt``; NaN when the run was made without it)."""
+  from edistill.eval import report
+
+  def results() -> Path | None:
+    try:
+      path = report.result_file(workdir, "test")
+    except FileNotFoundError:
+      return None
+    return path if path.is_file() else None
+
+  if results() is None:
     cmd = [sys.executable, "-m", "edistill.main", "--config", config, "--workdir", str(workdir), *overrides]
     print("+", " ".join(cmd), flush=True)
     start = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=ROOT)
     (workdir / "wall_s.txt").write_text(f"{time.perf_counter() - start:.0f}\n")
   wall = workdir / "wall_s.txt"
-  return {**json.loads(results.read_text()), "wall_min": float(wall.read_text()) / 60 if wall.is_file() else float("nan")}
+  return {**json.loads(results().read_text()), "wall_min": float(wall.read_text()) / 60 if wall.is_file() else float("nan")}
 
 
 def teacher_share(results: dict, model: str = "student") -> str:

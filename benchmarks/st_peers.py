@@ -187,7 +187,8 @@ def main(_):
   if unknown:
     raise ValueError(f"--recipes {sorted(unknown)}: expected some of {RECIPES}.")
   workdir = Path(F.workdir)
-  ours = json.loads((workdir / f"per_query_{F.split}.json").read_text())
+  from edistill.eval import report
+  ours = json.loads(report.result_file(workdir, F.split, "per_query").read_text())
   teacher_pq, student_pq = ours["teacher"], ours.get("student")
   out = Path(F.out or workdir)
   out.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@
 
 Each workdir is a run trained with ``--config.eval.every_steps=N`` (dev evaluations during training,
 ``eval.during_training_split=dev``) whose final evaluation was on dev too (``--config.eval.split=dev``:
-``results_dev.json`` holds the reference's dev MRR@10: ``teacher`` for a distilled student;
+its dev results file (``results_<dataset>_dev.json``) holds the reference's dev MRR@10: ``teacher`` for a distilled student;
 ``first_stage``, the dual encoder whose top k it re-ranks, for a cross-encoder, written by its
 first dev evaluation). ``metrics.jsonl`` gives, at each evaluated step, the trained model's dev
 MRR@10 and ``train_minutes`` (wall time of the training steps alone: evaluations excluded; teacher
@@ -23,14 +23,17 @@ from pathlib import Path
 
 import numpy as np
 
+from edistill.eval import report
+
 TARGET = 97.0  # % of the teacher's MRR@10 (issue 16, item 5).
 
 
 def curve(workdir: Path, reference: str = "teacher") -> tuple[float, list[tuple[int, float, float]]]:
   """(the reference row's dev MRR@10, [(step, train minutes, trained model's dev MRR@10)]) of one run, by step."""
-  results = json.loads((workdir / "results_dev.json").read_text())
+  path = report.result_file(workdir, "dev")
+  results = json.loads(path.read_text())
   if reference not in results:
-    raise ValueError(f"{workdir}/results_dev.json has no {reference!r} row (rows: {sorted(results)}).")
+    raise ValueError(f"{path} has no {reference!r} row (rows: {sorted(results)}).")
   teacher = results[reference]["mrr@10"]
   minutes, mrr = {}, {}
   for line in (workdir / "metrics.jsonl").read_text().splitlines():
@@ -100,7 +103,7 @@ def main():
   parser.add_argument("workdirs", nargs="+", type=Path)
   parser.add_argument("--out", type=Path, required=True)
   parser.add_argument("--no-plot", action="store_true")
-  parser.add_argument("--reference", default="teacher", help="results_dev.json row: teacher, or first_stage for a CE")
+  parser.add_argument("--reference", default="teacher", help="dev results row: teacher, or first_stage for a CE")
   parser.add_argument("--target", type=float, default=TARGET, help="%% of the reference")
   args = parser.parse_args()
   args.out.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,7 @@
 
 Each point is the ablation's ``unlab`` row (configs/ablation.py) at a larger scale, run with
 ``python -m edistill.main --config configs/ablation.py:row=unlab,student=S,unlabeled=N,steps=T,pool=P``
-(a workdir that already holds ``results_test.json`` is reused). Writes ``unlab_scale.md`` (the table)
+(a workdir that already holds its test results is reused). Writes ``unlab_scale.md`` (the table)
 and ``unlab_scale.png`` (test MRR@10 per point with its 95 % interval where the run has one, the
 teacher and 97 % of it) into ``--out``.
 Needs matplotlib (the `bench` extra).

@@ -10,6 +10,7 @@ import pytest
 
 from edistill import config_lib, mesh as mesh_lib, objective, teachers
 from edistill.data import pipeline
+from edistill.eval import suite
 from edistill.models import cross_encoder as ce_lib
 from edistill.models import hf_import, tokenization
 from edistill.models.encoder import Encoder
@@ -398,19 +399,21 @@ def test_ce_configs_train_rerank_and_distill_two_steps(tmp_path, tiny_models, is
   assert 0 <= rows["reranked"]["mrr@10"] <= 1 and rows["reranked"]["num_queries"] == rows["first_stage"]["num_queries"]
   # Re-ranking only reorders the top k: recall@k is unchanged.
   assert rows["reranked"]["recall@10"] <= rows["first_stage"]["recall@10"] + 1e-9
-  assert (tmp_path / "ce" / "results_test.md").is_file()
+  name = f"{suite.data_name(cfg.data)}_test"
+  assert (tmp_path / "ce" / f"results_{name}.md").is_file()
   # The gain's paired interval: over per-query RR@10 of both rows, written beside the results (BM25
   # as the first stage: the tiny dual encoder finds nothing to share).
   import json
   cfg.cross_encoder.first_stage = "bm25"
   rows = rerank.run(cfg, tmp_path / "ce")
   assert rows["first_stage"]["mrr@10"] > 0
-  per_query = json.loads((tmp_path / "ce" / "per_query_test.json").read_text())
+  per_query = json.loads((tmp_path / "ce" / f"per_query_{name}.json").read_text())
   assert set(per_query) == {"first_stage", "reranked"} and len(per_query["reranked"]) == rows["reranked"]["num_queries"]
   ratio = 100 * np.mean(list(per_query["reranked"].values())) / np.mean(list(per_query["first_stage"].values()))
   assert ratio == pytest.approx(100 * rows["reranked"]["mrr@10"] / rows["first_stage"]["mrr@10"], rel=1e-6)
   assert rows["reranked"]["teacher_pct_lo"] <= ratio <= rows["reranked"]["teacher_pct_hi"]
-  assert "% first_stage MRR@10" in (tmp_path / "ce" / "results_test.md").read_text()
+  text = (tmp_path / "ce" / f"results_{name}.md").read_text()
+  assert "% first_stage MRR@10" in text and "documents (" in text and " are longer and cut." in text
   if negatives == "in_batch":
     return
   student = _tiny(_load("ce_distill", f"head={head},ce={tmp_path / 'ce' / 'checkpoints'},runlocal"), tiny_models)
@@ -424,7 +427,6 @@ def test_ce_configs_train_rerank_and_distill_two_steps(tmp_path, tiny_models, is
   if head != "dual":
     return
   # The asymmetric student: the dual encoder's documents; the table's teacher row is that dual encoder.
-  from edistill.eval import suite
   asym = _tiny(_load("ce_distill", f"head=dual,kind=asymmetric,ce={tmp_path / 'ce' / 'checkpoints'},runlocal"),
                tiny_models)
   metrics = recipes.train(asym, tmp_path / "asym")

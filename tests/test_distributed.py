@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from edistill import checkpoint, config_lib, distributed, mesh as mesh_lib
+from edistill.eval import report
 from edistill.models import hf_import
 from edistill import recipes
 from tests.test_main import wait_for_logged_steps
@@ -178,7 +179,8 @@ def test_two_processes_evaluate_like_one_process_splitting_the_work(tmp_path, ti
   cfg = _config(tiny_models, steps=STEPS)
   recipes.train(cfg, tmp_path / "one")
   one = recipes.evaluate(cfg, tmp_path / "one")
-  one_rows = json.loads((tmp_path / "one" / "results_test.json").read_text())
+  one_file = report.result_file(tmp_path / "one", "test")  # results_<dataset>_test.json, by its config.json.
+  one_rows = json.loads(one_file.read_text())
   shutil.copytree(tmp_path / "one" / "checkpoints", tmp_path / "two" / "checkpoints")
   shutil.rmtree(isolated_cache / "embeddings")  # The two processes encode the tables again, split.
   port = _free_port()
@@ -186,7 +188,7 @@ def test_two_processes_evaluate_like_one_process_splitting_the_work(tmp_path, ti
                             for i in (0, 1)], _env(isolated_cache))
   rows = [_encoded_rows(r.stderr) for r in results]
   assert "teacher documents" in rows[0] and rows[0]["teacher documents"][1] == rows[1]["teacher documents"][0]
-  two_rows = json.loads((tmp_path / "two" / "results_test.json").read_text())
+  two_rows = json.loads((tmp_path / "two" / one_file.name).read_text())
   assert set(two_rows) == set(one_rows) and "student" in one
   for model, row in one_rows.items():
     for metric in ("mrr@10", "recall@10", "recall@100", "ndcg@10"):

@@ -77,15 +77,19 @@ def test_eval_mode_and_eval_during_training(tmp_path, tiny_models, isolated_cach
   metrics = recipes.train(cfg, tmp_path)
   logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert any("eval/mrr@10" in m for m in logged)
-  assert (tmp_path / "results_dev.md").is_file()
+  ds = suite.data_name(cfg.data)
+  assert (tmp_path / f"results_{ds}_dev.md").is_file()
   rows = suite.run(cfg, tmp_path, split="test")
   assert set(rows) == {"teacher", "student_zero_shot", "student", "bm25"}
   for name, r in rows.items():
     assert 0.0 <= r["mrr@10"] <= 1.0 and r["num_queries"] > 0, name
-  results = json.loads((tmp_path / "results_test.json").read_text())
+  results = json.loads((tmp_path / f"results_{ds}_test.json").read_text())
+  assert report.result_file(tmp_path, "test") == tmp_path / f"results_{ds}_test.json"  # Via config.json.
   assert results["bm25"]["mrr@10"] == pytest.approx(rows["bm25"]["mrr@10"])
-  assert "| teacher |" in (tmp_path / "results_test.md").read_text()
-  per_query = json.loads((tmp_path / "per_query_test.json").read_text())
+  text = (tmp_path / f"results_{ds}_test.md").read_text()
+  assert "| teacher |" in text and text.startswith(f"# {ds} test: ")
+  assert f"Lengths: queries {cfg.data.max_query_length} tokens, documents {cfg.data.max_doc_length}; " in text
+  per_query = json.loads((tmp_path / f"per_query_{ds}_test.json").read_text())
   assert set(per_query) == set(rows)
   for name, values in per_query.items():  # The per-query values the table's means average.
     assert len(values) == rows[name]["num_queries"]
@@ -131,7 +135,8 @@ def test_cross_domain_evaluates_every_model_on_each_domain_in_one_table(tmp_path
   share = 100 * rows["student"]["mrr@10"] / rows["teacher"]["mrr@10"]
   assert f"| stdlib-1000 | 500 | student | {rows['student']['mrr@10']:.4f} |" in table
   assert f"| {share:.1f} | {rows['student']['teacher_pct_lo']:.1f}-" in table
-  assert (tmp_path / "results_test.json").is_file()  # The in-domain results are not overwritten.
+  # The in-domain results are not overwritten.
+  assert (tmp_path / f"results_{suite.data_name(cfg.data)}_test.json").is_file()
 
 
 def test_trec_run_files_hold_each_models_ranking(tmp_path):
@@ -156,3 +161,34 @@ def test_trec_run_files_hold_each_models_ranking(tmp_path):
     back = {q: {d: s for _, d, s in ranked} for q, ranked in read.items()}
     assert metrics.evaluate(back, DATA.qrels, ("mrr@10",))["mrr@10"] == pytest.approx(rows[model]["mrr@10"])
   assert report.trec_run({"q": {"b": 0.5, "a": 2.0}}, "t") == "q Q0 a 1 2.000000 t\nq Q0 b 2 0.500000 t\n"
+
+
+def test_results_files_are_named_by_dataset(tmp_path):
+  assert report.dataset_name("wordnet_gcide", "", 10000) == "wordnet_gcide-10000"
+  assert report.dataset_name("debian") == "debian"
+  assert report.dataset_name("beir", "/data/scifact/") == "beir-scifact"
+  assert report.dataset_name("msmarco", "runs/../msmarco-v1") == "msmarco-msmarco-v1"
+  with pytest.raises(FileNotFoundError, match="no config.json"):
+    report.result_file(tmp_path, "test")
+  (tmp_path / "results_test.json").write_text("{}")  # Written before files named the dataset.
+  assert report.result_file(tmp_path, "test") == tmp_path / "results_test.json"
+  (tmp_path / "config.json").write_text(json.dumps({"data": {"source": "beir", "path": "/x/nfcorpus", "corpus_size": 0}}))
+  assert report.result_file(tmp_path, "test") == tmp_path / "results_test.json"  # The named one is absent.
+  (tmp_path / "results_beir-nfcorpus_test.json").write_text("{}")
+  assert report.result_file(tmp_path, "test") == tmp_path / "results_beir-nfcorpus_test.json"
+  assert report.result_file(tmp_path, "dev", "per_query") == tmp_path / "per_query_beir-nfcorpus_dev.json"
+
+
+def test_truncated_counts_documents_over_the_length_on_a_seeded_sample():
+  class Words:  # One token per word, plus [CLS] and [SEP].
+    def __call__(self, texts, add_special_tokens, truncation, verbose):
+      assert add_special_tokens and not truncation
+      return {"input_ids": [[0] * (len(t.split()) + 2) for t in texts]}
+
+  texts = ["a b c", "a", "a b c d e f", "a b"]  # 5, 3, 8, 4 tokens.
+  assert suite.truncated(Words(), texts, 4) == (2, 4)
+  assert suite.truncated(Words(), texts, 8) == (0, 4)
+  assert suite.truncated(Words(), [], 8) == (0, 0)
+  many = ["a b c d"] * 30 + ["a"] * 70  # 30 % are 6 tokens.
+  n, of = suite.truncated(Words(), many, 5, sample=50, seed=1)
+  assert of == 50 and n == sum(len(many[i].split()) + 2 > 5 for i in np.random.default_rng(1).permutation(100)[:50])

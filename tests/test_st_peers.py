@@ -20,7 +20,8 @@ def test_every_peer_recipe_trains_and_is_scored_against_the_teacher(tmp_path, ti
   recipes.train(cfg, tmp_path / "run")
   ours = suite.run(cfg, tmp_path / "run", split="test", models=("teacher",), scann=False)
   # The random tiny teacher may score 0 everywhere (no share): pair against a perfect one instead.
-  per_query = tmp_path / "run" / "per_query_test.json"
+  from edistill.eval import report
+  per_query = report.result_file(tmp_path / "run", "test", "per_query")
   teacher = {q: 1.0 for q in json.loads(per_query.read_text())["teacher"]}
   per_query.write_text(json.dumps({"teacher": teacher, "student": {q: 0.5 for q in teacher}}))
   spec = f"{ROOT / 'configs' / 'ablation.py'}:row=unlab,runlocal"

@@ -22,6 +22,34 @@ PER_QUERY = "per_query/mrr@10"
 RUN = "run"
 
 
+def dataset_name(source: str, path: str = "", corpus_size: int = 0) -> str:
+  """What a workdir's results files call a ``config.data`` (``results_<dataset>_<split>``): an offline
+  benchmark by source and corpus slice (``wordnet_gcide-10000``; the whole pool: ``debian``), a
+  directory by format and folder (``beir-scifact``), so evaluating another dataset writes other files."""
+  if path:
+    return f"{source}-{Path(str(path).rstrip('/')).name}"
+  return f"{source}-{corpus_size}" if corpus_size else source
+
+
+def result_file(workdir: str | os.PathLike, split: str, prefix: str = "results", ext: str = "json") -> Path:
+  """``<prefix>_<dataset>_<split>.<ext>`` of the workdir's own dataset (its ``config.json``), or a file
+  written before results named the dataset (``<prefix>_<split>.<ext>``)."""
+  workdir = Path(workdir)
+  try:
+    data = json.loads((workdir / "config.json").read_text())["data"]
+  except FileNotFoundError:
+    named = None
+  else:
+    dataset = dataset_name(data["source"], data.get("path", ""), data.get("corpus_size", 0))
+    named = workdir / f"{prefix}_{dataset}_{split}.{ext}"
+  legacy = workdir / f"{prefix}_{split}.{ext}"
+  if named is not None and (named.is_file() or not legacy.is_file()):
+    return named
+  if legacy.is_file():
+    return legacy
+  raise FileNotFoundError(f"{workdir}: no config.json to name its dataset's {prefix} files by, and no {legacy.name}.")
+
+
 def split_runs(rows: dict[str, dict[str, Any]]) -> tuple[dict[str, dict[str, Any]], dict[str, dict]]:
   """(rows without their ``RUN`` entries, {model: run}) for rows that carry one."""
   runs = {name: r[RUN] for name, r in rows.items() if RUN in r}
@@ -80,8 +108,8 @@ def results_table(rows: dict[str, dict[str, float]], teacher: str | None = "teac
 def write_results(workdir: str | os.PathLike, split: str, rows: dict[str, dict[str, float]], header: str = "",
                   per_query: dict[str, dict[str, float]] | None = None, metrics: Sequence[str] = METRICS,
                   teacher: str = "teacher", runs: dict[str, dict] | None = None) -> Path:
-  """``results_<split>.json`` and ``results_<split>.md`` in the workdir (atomic writes),
-  ``per_query_<split>.json`` ({model: {query id: RR@10}}) when ``per_query`` is given and
+  """``results_<split>.json`` and ``results_<split>.md`` in the workdir (atomic writes; ``split``: the
+  name the callers give, ``<dataset>_<split>``), ``per_query_<split>.json`` ({model: {query id: RR@10}}) when ``per_query`` is given and
   ``run_<split>_<model>.trec`` for each of ``runs`` ({model: {query id: {doc id: score}}}); the
   table's shares are of the ``teacher`` row's MRR@10."""
   workdir = epath.Path(workdir)  # Local or gs://.

@@ -57,13 +57,13 @@ def rerank_scores(model: ce_lib.CrossEncoder, params, tokenizer, data, idx: np.n
 
 def run(cfg, workdir: str | Path, split: str | None = None, params=None,
         reranker: str = "student", metrics: Sequence[str] = report.METRICS) -> dict[str, dict[str, float]]:
-  """First stage and CE re-ranking on ``split``; writes ``results_<split>.{json,md}`` in ``workdir``.
+  """First stage and CE re-ranking on ``split``; writes ``results_<dataset>_<split>.{json,md}`` in ``workdir``.
 
   The CE is ``reranker``: ``"student"``, the CE being trained (params: ``params``, else the workdir's
   or ``eval.checkpoint``'s latest checkpoint), or ``"teacher"``, ``cfg.teacher`` with
   ``cross_encoder.checkpoint``.
   """
-  from edistill.eval.suite import load_split
+  from edistill.eval.suite import data_name, load_split, split_heading
   workdir, split = Path(workdir), split or cfg.eval.split
   if reranker == "student":
     enc_cfg, directory = cfg.student, Path(cfg.eval.checkpoint) if cfg.eval.checkpoint else workdir / "checkpoints"
@@ -93,11 +93,12 @@ def run(cfg, workdir: str | Path, split: str | None = None, params=None,
                       "query_ms": 1000 * seconds / max(len(data.query_ids), 1)}
   rows, runs = report.split_runs(rows)
   rows, per_query = report.teacher_intervals(rows, teacher="first_stage")
-  header = (f"# {cfg.data.source} {split}: {len(data.query_ids)} queries, {len(data.doc_ids)} documents\n\n"
+  name = f"{data_name(cfg.data)}_{split}"
+  header = (f"{split_heading(cfg, split, data, pre.tokenizer)}"
             f"first_stage = {cfg.cross_encoder.first_stage} (exact top {cfg.eval.k}); reranked = its top {k} "
             f"re-scored by the {cfg.cross_encoder.head!r}-head cross-encoder ({enc_cfg.name}, "
             f"{model.config.num_layers} layers); query_ms = CE time per query for {k} pairs (batched, CPU); "
             f"% first stage = MRR@10 as a share of the first stage's, 95 % interval: paired bootstrap over these "
-            f"queries (per_query_{split}.json; above 100 = the re-ranking gains).\n\n")
-  report.write_results(workdir, split, rows, header, per_query, metrics=metrics, teacher="first_stage", runs=runs)
+            f"queries (per_query_{name}.json; above 100 = the re-ranking gains).\n\n")
+  report.write_results(workdir, name, rows, header, per_query, metrics=metrics, teacher="first_stage", runs=runs)
   return rows

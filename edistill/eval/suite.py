@@ -158,8 +158,9 @@ def run(cfg, workdir: str | Path, split: str | None = None, student_params: dict
         models=None, scann: bool | None = None, name: str | None = None,
         metrics: Sequence[str] = report.METRICS, multihost: bool = False) -> dict[str, dict[str, float]]:
   """Evaluates ``models`` (default ``cfg.eval.models``, rows in ``MODELS`` order) on ``split``; writes
-  results_<name>.{json,md}, per_query_<name>.json and run_<name>_<model>.trec (``name`` defaults to
-  the split). ``multihost``: every process calls this
+  results_<dataset>_<name>.{json,md}, per_query_<dataset>_<name>.json and
+  run_<dataset>_<name>_<model>.trec (``dataset``: ``data_name(cfg.data)``; ``name`` defaults to the
+  split), headed by the lengths used and how many documents they cut. ``multihost``: every process calls this
   together and the encodings and exact searches are split across them (else each computes all)."""
   workdir = epath.Path(workdir)  # Local or gs://.
   split = split or cfg.eval.split
@@ -170,8 +171,9 @@ def run(cfg, workdir: str | Path, split: str | None = None, student_params: dict
   ctx = Context(cfg, workdir, load_split(cfg, split), cfg.eval.scann if scann is None else scann, tuple(metrics),
                 student_params, multihost and jax.process_count() > 1)
   rows = {m.name: m.row(ctx) for m in MODELS.values() if m.name in models}
-  name = name or split
-  header = (f"# {cfg.data.source} {split}: {len(ctx.data.query_ids)} queries, {len(ctx.data.doc_ids)} documents\n\n"
+  name = f"{data_name(cfg.data)}_{name or split}"
+  loaded = ctx._teacher[0] if ctx._teacher is not None else ctx._student
+  header = (f"{split_heading(cfg, split, ctx.data, loaded.tokenizer if loaded is not None else None)}"
             f"Exact search{' (ScaNN rows: scann/*)' if ctx.scann else ''}; query latency = batch 1, CPU; "
             f"95 % interval: paired bootstrap of % teacher MRR@10 over these queries (per_query_{name}.json).\n\n")
   rows, runs = report.split_runs(rows)
@@ -179,6 +181,35 @@ def run(cfg, workdir: str | Path, split: str | None = None, student_params: dict
   if jax.process_index() == 0:  # Only process 0 writes results (every process computes them).
     report.write_results(workdir, name, rows, header, per_query, metrics=metrics, runs=runs)
   return rows
+
+
+def data_name(data) -> str:
+  """``report.dataset_name`` of a ``config.data``."""
+  return report.dataset_name(data.source, data.get("path", ""), data.get("corpus_size", 0))
+
+
+def truncated(tokenizer, texts: Sequence[str], max_length: int, sample: int = 10_000, seed: int = 0) -> tuple[int, int]:
+  """(how many of a seeded sample of at most ``sample`` texts are longer than ``max_length`` tokens,
+  special tokens included, and so are cut; the sample's size)."""
+  rows = np.random.default_rng(seed).permutation(len(texts))[:sample] if len(texts) > sample else np.arange(len(texts))
+  if not len(rows):
+    return 0, 0
+  ids = tokenizer([texts[i] for i in rows], add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
+  return sum(len(x) > max_length for x in ids), len(rows)
+
+
+def split_heading(cfg, split: str, data, tokenizer=None) -> str:
+  """A results file's first lines: the dataset, split, sizes and lengths used, and (given the document
+  encoder's tokenizer) how many documents ``data.max_doc_length`` cuts."""
+  d = cfg.data
+  cut = ""
+  if tokenizer is not None:
+    n, of = truncated(tokenizer, data.doc_texts, d.max_doc_length)
+    if of:
+      sampled = f" (a seeded sample of {of:,})" if of < len(data.doc_texts) else ""
+      cut = f"; {n:,} of {of:,} documents{sampled} ({100 * n / of:.1f} %) are longer and cut"
+  return (f"# {data_name(d)} {split}: {len(data.query_ids)} queries, {len(data.doc_ids)} documents\n\n"
+          f"Lengths: queries {d.max_query_length} tokens, documents {d.max_doc_length}{cut}.\n\n")
 
 
 def parse_domain(spec: str) -> tuple[str, dict]:
@@ -194,14 +225,14 @@ def parse_domain(spec: str) -> tuple[str, dict]:
   if source == "beir":
     if not arg:
       raise ValueError(f"config.eval.domains entry {spec!r}: 'beir:DIR' needs the directory.")
-    return f"beir-{Path(arg).name}", {"source": "beir", "path": arg, "corpus_size": 0, "n_test": 0, "n_dev": 0}
+    return report.dataset_name("beir", arg), {"source": "beir", "path": arg, "corpus_size": 0, "n_test": 0, "n_dev": 0}
   if source not in tuple(benchmarks.BENCHMARKS) or (arg and not arg.isdigit()):
     raise ValueError(f"config.eval.domains entry {spec!r}: expected SOURCE[:CORPUS_SIZE] with SOURCE one of "
                      f"{tuple(benchmarks.BENCHMARKS)}, or beir:DIR.")
   test, dev = benchmarks.BENCHMARKS[source].pools
   size = int(arg) if arg else 0
-  return (f"{source}-{size}" if size else source), {"source": source, "path": "", "corpus_size": size,
-                                                    "n_test": test, "n_dev": dev}
+  return report.dataset_name(source, "", size), {"source": source, "path": "", "corpus_size": size,
+                                                 "n_test": test, "n_dev": dev}
 
 
 def run_domains(cfg, workdir: str | Path, domains=None, models=None, scann: bool | None = None,
@@ -225,7 +256,7 @@ def run_domains(cfg, workdir: str | Path, domains=None, models=None, scann: bool
       dcfg.querygen.ratio = 0.0
     logging.info("Cross-domain evaluation on %s", domain)
     out[domain] = run(dcfg, workdir, split="test", student_params=student_params, models=models, scann=scann,
-                      name=f"{domain}_test", metrics=metrics, multihost=multihost)
+                      metrics=metrics, multihost=multihost)  # results_<domain>_test.
   if jax.process_index() == 0:
     cache.write_text_atomic(epath.Path(workdir) / f"results_{name}.md", report.domains_table(out, cfg.data))
   return out
