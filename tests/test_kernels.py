@@ -136,3 +136,28 @@ def test_an_encoder_on_named_kernels_computes_the_same_embeddings():
   for name in ("plain", "cudnn"):  # cudnn on float32: its plain fallback.
     out = base.clone(kernels=name).apply({"params": params}, ids, mask)
     np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["bert", "mpnet"])
+def test_the_sequence_major_attention_path_computes_the_encoders_values_and_gradients(monkeypatch, arch):
+  """Kernels with ``seq_attention`` (cuDNN's: q, k, v from their own kernel blocks, no head split)
+  give the heads-major path's embeddings and parameter gradients: the fused math in its XLA form
+  here, and cuDNN's float32 fallback."""
+  cfg = encoder.TransformerConfig(arch, 40, 16, 2, 2, 32, 24, 1e-12, hidden_dropout=0.0, attention_dropout=0.0)
+  ids = np.array([[5, 7, 9, 11, 2, 4], [3, 4, 6, 1, 1, 1]], np.int32)
+  mask = (ids != 1).astype(np.int32)
+  base = encoder.Encoder(cfg, normalize=True)
+  params = base.init(jax.random.key(0), ids, mask)["params"]
+  w = np.random.default_rng(1).standard_normal((2, 16)).astype(np.float32)
+  run = lambda model: jax.value_and_grad(lambda p: jnp.sum(w * model.apply({"params": p}, ids, mask)))(params)
+  ref, g_ref = run(base.clone(kernels="plain"))
+  calls = []
+  seq = lambda *a: calls.append(1) or kernels.fused_seq_attention(*a, implementation="xla")
+  xla = dataclasses.replace(kernels.CUDNN, name="cudnn_xla", seq_attention=seq)
+  monkeypatch.setitem(kernels.BY_NAME, "cudnn_xla", xla)
+  for name in ("cudnn_xla", "cudnn"):
+    got, g = run(base.clone(kernels=name))
+    np.testing.assert_allclose(float(got), float(ref), atol=1e-5)
+    for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+  assert calls  # The sequence-major path ran (once a layer per trace).

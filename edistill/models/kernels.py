@@ -30,6 +30,10 @@ class Kernels:
   matmul: Callable
   gelu: Callable
   attention: Callable
+  # seq_attention(q, k, v [B, L, N, Dh] unscaled, key_bias, position_bias, dropout, dtype, scale) ->
+  # [B, L, N, Dh]: attention on the sequence-major layout a fused kernel reads. When set, the encoder
+  # makes q, k and v in that layout directly and never splits heads (None: it calls ``attention``).
+  seq_attention: Callable | None = None
 
 
 def _materialise(x: jax.Array) -> jax.Array:
@@ -124,9 +128,23 @@ def fused_attention(q, k, v, key_bias, position_bias, dropout, dtype, implementa
   return out.swapaxes(1, 2)
 
 
+def fused_seq_attention(q, k, v, key_bias, position_bias, dropout, dtype, scale, implementation="cudnn"):
+  """``fused_attention`` on sequence-major q, k, v [B, L, N, Dh] with q unscaled (``scale`` is applied
+  inside the kernel): no transpose on either side of the call. Falls back to ``plain_attention`` where
+  ``fused_attention`` would."""
+  if dropout is not None or (implementation == "cudnn" and q.dtype not in (jnp.bfloat16, jnp.float16)):
+    heads = lambda x: x.swapaxes(1, 2)
+    q = q * jnp.asarray(scale, q.dtype)
+    return heads(plain_attention(heads(q), heads(k), heads(v), key_bias, position_bias, dropout, dtype))
+  lengths = jnp.sum(key_bias == 0, axis=-1, dtype=jnp.int32)
+  bias = None if position_bias is None else position_bias.astype(q.dtype)
+  return jax.nn.dot_product_attention(q, k, v, bias, scale=scale, key_value_seq_lengths=lengths,
+                                      implementation=implementation)
+
+
 CPU = Kernels("cpu", cpu_matmul, cpu_gelu, cpu_attention)
 PLAIN = Kernels("plain", jnp.matmul, functools.partial(jax.nn.gelu, approximate=False), plain_attention)
-CUDNN = dataclasses.replace(PLAIN, name="cudnn", attention=fused_attention)
+CUDNN = dataclasses.replace(PLAIN, name="cudnn", attention=fused_attention, seq_attention=fused_seq_attention)
 BY_NAME = {k.name: k for k in (CPU, PLAIN, CUDNN)}
 
 
