@@ -448,11 +448,12 @@ def students(args) -> None:
   """Each student's test MRR@10 as a share of the dual encoder's and of its teacher's pipeline (the CE
   re-ranking the DE's top 100), and the students against each other, paired 95 % intervals."""
   from edistill.eval import metrics as metrics_lib
+  from edistill.eval import report as report_lib
   pipes = json.loads((Path(args.report) / "per_query_test.json").read_text())
   rr = {}
   for spec in args.runs.split(","):
     name, workdir = spec.split("=")
-    per = json.loads((Path(workdir) / "per_query_test.json").read_text())
+    per = json.loads(report_lib.result_file(workdir, "test", "per_query").read_text())
     rr[name], de = per["student"], per["teacher"]
     if set(de) != set(pipes["first_stage"]) or abs(np.mean(list(de.values())) - np.mean(
         list(pipes["first_stage"].values()))) > 1e-9:

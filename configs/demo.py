@@ -13,7 +13,7 @@ queries, each with one hard negative mined from the teacher's top 30 (``:hard=N`
 all). ``:unlabeled=N`` adds N unlabeled training queries labelled by the teacher's top-1 document
 (off by default: 8,000 of them lowered dev MRR@10, benchmarks/RESULTS.md). Then it evaluates the
 teacher, the zero-shot student, the distilled student and BM25 (exact search and ScaNN, with
-ScaNN's recall against exact) and prints the results table (runs/demo/results_test.md).
+ScaNN's recall against exact) and prints the results table (runs/demo/results_wordnet_gcide-2000_test.md).
 
 Why not the asymmetric student (the teacher's document tower, ``row=unlab``): at this budget its
 query tower, learning the teacher's space from ~15k queries in 300 steps, stays below its own

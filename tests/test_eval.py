@@ -166,6 +166,7 @@ def test_trec_run_files_hold_each_models_ranking(tmp_path):
 def test_results_files_are_named_by_dataset(tmp_path):
   assert report.dataset_name("wordnet_gcide", "", 10000) == "wordnet_gcide-10000"
   assert report.dataset_name("debian") == "debian"
+  assert report.dataset_name("wordnet_gcide", "data/stdlib", 2000) == "wordnet_gcide-2000"  # Built here: no path.
   assert report.dataset_name("beir", "/data/scifact/") == "beir-scifact"
   assert report.dataset_name("msmarco", "runs/../msmarco-v1") == "msmarco-msmarco-v1"
   with pytest.raises(FileNotFoundError, match="no config.json"):

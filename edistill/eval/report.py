@@ -26,7 +26,8 @@ def dataset_name(source: str, path: str = "", corpus_size: int = 0) -> str:
   """What a workdir's results files call a ``config.data`` (``results_<dataset>_<split>``): an offline
   benchmark by source and corpus slice (``wordnet_gcide-10000``; the whole pool: ``debian``), a
   directory by format and folder (``beir-scifact``), so evaluating another dataset writes other files."""
-  if path:
+  from edistill.data import benchmarks
+  if path and source not in benchmarks.BENCHMARKS:  # An offline benchmark is built here: a path is unused.
     return f"{source}-{Path(str(path).rstrip('/')).name}"
   return f"{source}-{corpus_size}" if corpus_size else source
 
