@@ -182,5 +182,18 @@ def evaluate(config, workdir: Path) -> str:
   return recipes.evaluate(config, workdir)
 
 
+def overrides_without_config(argv) -> str | None:
+  """The error for ``--config.<field>=...`` overrides given without ``--config`` (absl would only say
+  "Unknown command line flag"), else None."""
+  given = any(a == "--config" or a.startswith("--config=") for a in argv)
+  overrides = [a.split("=")[0] for a in argv if a.startswith("--config.")]
+  if overrides and not given:
+    return (f"{overrides[0]} overrides a config, but no --config was given; to override the config.json a "
+            f"workdir was trained with, pass --config configs/workdir.py:WORKDIR.")
+  return None
+
+
 if __name__ == "__main__":
+  if (error := overrides_without_config(sys.argv[1:])):
+    sys.exit(f"error: {error}")
   app.run(main)

@@ -328,3 +328,15 @@ def test_no_pytorch_advice_on_import_where_torch_is_absent():
                                     timeout=120, env=env).stderr
   assert "PyTorch was not found" in run("import transformers")  # What a bare import prints.
   assert "PyTorch was not found" not in run("import edistill.models.tokenization")
+
+
+def test_overrides_without_a_config_name_the_way_to_override_a_workdirs(tmp_path):
+  from edistill.main import overrides_without_config
+  assert overrides_without_config(["--workdir", "w", "--mode", "eval"]) is None
+  assert overrides_without_config(["--config", "configs/demo.py", "--config.train.steps=3"]) is None
+  assert overrides_without_config(["--config=configs/demo.py", "--config.train.steps", "3"]) is None
+  done = subprocess.run([sys.executable, "-m", "edistill.main", "--workdir", str(tmp_path), "--mode", "eval",
+                         "--config.data.source=beir"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+  assert done.returncode == 1
+  assert "--config.data.source overrides a config, but no --config was given" in done.stderr
+  assert "--config configs/workdir.py:WORKDIR" in done.stderr and not list(tmp_path.iterdir())
