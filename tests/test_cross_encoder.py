@@ -478,6 +478,9 @@ def test_stored_ce_outputs_are_looked_up_by_pair_and_refuse_other_data(tmp_path)
   other = SimpleNamespace(**{**vars(data), "query_ids": ["q0", "q9"]})
   with pytest.raises(ValueError, match="not in the training data"):
     ce.stored_outputs(path, other, examples)
+  np.savez(tmp_path / "foreign.npz", scores=scores)
+  with pytest.raises(ValueError, match=r"no \['doc_ids', 'fingerprint', 'query_ids'\]; not a file of"):
+    ce.stored_outputs(tmp_path / "foreign.npz", data, examples)
   with pytest.raises(ValueError, match="cannot read it"):
     ce.stored_outputs(tmp_path / "missing.npz", data, examples)
   with pytest.raises(ValueError, match="need 'scores'"):

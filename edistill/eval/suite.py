@@ -100,6 +100,12 @@ class Context:
       self._teacher = pre, docs
     return self._teacher
 
+  def doc_tokenizer(self):
+    """The tokenizer of a document encoder the rows loaded (the teacher's, else the student's), or
+    None (BM25 alone): what the header counts cut documents with."""
+    loaded = self._teacher[0] if self._teacher is not None else self._student
+    return loaded.tokenizer if loaded is not None else None
+
   def dense_row(self, model: evaluator.DenseModel, q: np.ndarray, d: np.ndarray) -> dict[str, Any]:
     return {**evaluator.dense_scores(q, d, self.data, self.cfg.eval.k, self.scann, metrics=self.metrics,
                                      multihost=self.multihost),
@@ -172,8 +178,7 @@ def run(cfg, workdir: str | Path, split: str | None = None, student_params: dict
                 student_params, multihost and jax.process_count() > 1)
   rows = {m.name: m.row(ctx) for m in MODELS.values() if m.name in models}
   name = f"{data_name(cfg.data)}_{name or split}"
-  loaded = ctx._teacher[0] if ctx._teacher is not None else ctx._student
-  header = (f"{split_heading(cfg, split, ctx.data, loaded.tokenizer if loaded is not None else None)}"
+  header = (f"{split_heading(cfg, split, ctx.data, ctx.doc_tokenizer())}"
             f"Exact search{' (ScaNN rows: scann/*)' if ctx.scann else ''}; query latency = batch 1, CPU; "
             f"95 % interval: paired bootstrap of % teacher MRR@10 over these queries (per_query_{name}.json).\n\n")
   rows, runs = report.split_runs(rows)

@@ -109,8 +109,17 @@ def plain_attention(q, k, v, key_bias, position_bias, dropout, dtype):
 
 
 def fused_attention(q, k, v, key_bias, position_bias, dropout, dtype, implementation="cudnn"):
-  """softmax(q k^T + bias) v as one ``jax.nn.dot_product_attention`` (``implementation="cudnn"``:
-  cuDNN's flash attention, no [B, N, L, L] scores in memory; ``"xla"``: the same math, for tests).
+  """``fused_seq_attention`` on the heads-major layout ([B, N, L, Dh], q scaled) of ``Kernels.attention``."""
+  heads = lambda x: x.swapaxes(1, 2)
+  return heads(fused_seq_attention(heads(q), heads(k), heads(v), key_bias, position_bias, dropout, dtype, 1.0,
+                                   implementation))
+
+
+def fused_seq_attention(q, k, v, key_bias, position_bias, dropout, dtype, scale, implementation="cudnn"):
+  """softmax(scale q k^T + bias) v on sequence-major q, k, v [B, L, N, Dh] (the API's layout: no
+  transpose on either side of the call) as one ``jax.nn.dot_product_attention``
+  (``implementation="cudnn"``: cuDNN's flash attention, no [B, N, L, L] scores in memory; ``"xla"``:
+  the same math, for tests).
 
   Padding rides as each row's count of unmasked keys (``key_value_seq_lengths``), so the keys must
   be right-padded (a mask that is a prefix), as every edistill tokenizer and pair packer writes them;
@@ -118,20 +127,6 @@ def fused_attention(q, k, v, key_bias, position_bias, dropout, dtype, implementa
   serve, ``plain_attention`` does: attention dropout on (the public API has none) or, for cuDNN, a
   compute dtype other than bfloat16/float16.
   """
-  if dropout is not None or (implementation == "cudnn" and q.dtype not in (jnp.bfloat16, jnp.float16)):
-    return plain_attention(q, k, v, key_bias, position_bias, dropout, dtype)
-  lengths = jnp.sum(key_bias == 0, axis=-1, dtype=jnp.int32)
-  bias = None if position_bias is None else position_bias.astype(q.dtype)
-  q, k, v = (x.swapaxes(1, 2) for x in (q, k, v))  # [B, L, N, Dh], the API's layout.
-  out = jax.nn.dot_product_attention(q, k, v, bias, scale=1.0, key_value_seq_lengths=lengths,
-                                     implementation=implementation)
-  return out.swapaxes(1, 2)
-
-
-def fused_seq_attention(q, k, v, key_bias, position_bias, dropout, dtype, scale, implementation="cudnn"):
-  """``fused_attention`` on sequence-major q, k, v [B, L, N, Dh] with q unscaled (``scale`` is applied
-  inside the kernel): no transpose on either side of the call. Falls back to ``plain_attention`` where
-  ``fused_attention`` would."""
   if dropout is not None or (implementation == "cudnn" and q.dtype not in (jnp.bfloat16, jnp.float16)):
     heads = lambda x: x.swapaxes(1, 2)
     q = q * jnp.asarray(scale, q.dtype)

@@ -208,6 +208,10 @@ def stored_outputs(path, data, examples: pipeline.Examples) -> dict[str, np.ndar
     raise ValueError(f"config.cross_encoder.outputs={path!r}: cannot read it ({e}).") from e
   with z:
     stored = {k: z[k] for k in z}
+  lacking = sorted({"query_ids", "doc_ids", "fingerprint", "scores"} - set(stored))
+  if lacking:
+    raise ValueError(f"config.cross_encoder.outputs={path!r}: no {lacking}; not a file of "
+                     f"recipes/cross_encoder.write_outputs.")
   q_row = {q: i for i, q in enumerate(data.query_ids)}
   d_row = {d: i for i, d in enumerate(data.doc_ids)}
   unknown = [(q, d) for q, d in zip(stored["query_ids"].tolist(), stored["doc_ids"].tolist())
