@@ -239,6 +239,8 @@ def run_jax(w: Workload, params=None, batch=None, target_s: float = 1.0) -> tupl
       one()
     return jax.block_until_ready(holder["metrics"])
 
+  more.hlo = compiled.as_text  # The optimized HLO, for train_gpu.py's ``hlo:`` measurement.
+
   figures = {"framework": "edistill", "compile_s": compile_s, "first_loss": first_loss,
              "last_loss": float(holder["metrics"]["loss"]), **timing, **rates(w, timing["step_s"]),
              "xla_cost_analysis_tflop": float((cost or {}).get("flops", 0.0)) / 1e12}

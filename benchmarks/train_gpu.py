@@ -35,8 +35,10 @@ import argparse
 import dataclasses
 import glob
 import json
+import math
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -50,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 # (part, what kind of process, measurements in order, seconds it may take at full size)
 PARTS = (
     ("jax_core", "jax", ("info", "matmul_jax", "jax:minilm", "jax:ce", "profile:jax:ce", "jax_cudnn:ce",
-                         "profile:jax_cudnn:ce"), 170),
+                         "profile:jax_cudnn:ce", "hlo:jax_cudnn:ce"), 170),
     ("torch_core", "torch", ("info", "matmul_torch", "torch:minilm", "torch:ce", "torch_compile:minilm",
                              "torch_compile:ce", "torch_foreach:ce"), 220),
     ("encode", "encode", ("info", "encode_jax", "encode_st"), 80),
@@ -238,6 +240,32 @@ def profile(ctx, key: str) -> dict:
   return {"steps": 3, **summary}
 
 
+def hlo(ctx, key: str) -> dict:
+  """The optimized HLO of the step measured as ``key`` (``hlo:<variant>:<workload>``), written beside
+  --out, and its data movement: transposes and copies (layout changes) by size."""
+  name = key.split(":", 1)[1]
+  text = ctx.more[name].hlo()
+  (ctx.out_dir / f"hlo_{name.replace(':', '_')}.txt").write_text(text)
+  return {"hlo_chars": len(text), "moves": hlo_moves(text)}
+
+
+_MOVE = re.compile(r"= (\w+)\[([\d,]*)\](\{[\d,]*\})? (transpose|copy)\(([^)]*)\)(, dimensions=\{[\d,]*\})?")
+
+
+def hlo_moves(text: str, top: int = 20) -> list:
+  """[(op, dtype[shape]{layout} + dimensions, count, elements moved)] of every transpose and copy in an
+  HLO text, largest total first (what a step's transpose kernels are made of)."""
+  found = {}
+  for m in _MOVE.finditer(text):
+    dtype, dims, layout, op, _, perm = m.groups()
+    elems = math.prod(int(d) for d in dims.split(",") if d) if dims else 1
+    key = f"{op} {dtype}[{dims}]{layout or ''}{perm or ''}"
+    count, _ = found.get(key, (0, elems))
+    found[key] = (count + 1, elems)
+  ranked = sorted(found.items(), key=lambda kv: -kv[1][0] * kv[1][1])[:top]
+  return [[key, count, count * elems] for key, (count, elems) in ranked]
+
+
 # Kernel kinds by name, the first match counts (cuDNN's attention kernels' names carry "sm90_" too).
 KERNEL_KINDS = {"fused attention": ("fmha", "flash", "cudnn", "sdpa"),
                 "matmul": ("gemm", "nvjet", "cutlass", "xmma", "cublas", "sm90_", "sm80_", "ampere_", "dot"),
@@ -366,6 +394,8 @@ def measure(ctx, name: str) -> dict:
   variant = name.split(":")[0]
   if variant == "profile":
     return profile(ctx, name)
+  if variant == "hlo":
+    return hlo(ctx, name)
   return jax_step(ctx, name) if variant.startswith("jax") else torch_step(ctx, name)
 
 
@@ -377,7 +407,7 @@ def _describe(w) -> dict:
 
 def _line(rec: dict) -> str:
   keys = ("examples_per_s", "step_s", "mfu", "compile_s", "first_step_s", "first_loss", "tflops", "docs_per_s",
-          "min_cosine_vs_edistill", "kernel_time_by_kind", "error")
+          "min_cosine_vs_edistill", "kernel_time_by_kind", "moves", "error")
   return ", ".join(f"{k}={rec[k]:.4g}" if isinstance(rec[k], float) else f"{k}={rec[k]}" for k in keys if k in rec)
 
 

@@ -113,3 +113,15 @@ for name in {modules!r}:
   proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                         cwd=Path(__file__).resolve().parents[1])
   assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_hlo_moves_ranks_transposes_and_copies_by_elements_moved():
+  import train_gpu
+  text = """
+  %transpose.1 = bf16[4,8,2]{2,1,0} transpose(bf16[8,4,2]{2,1,0} %x), dimensions={1,0,2}
+  %transpose.2 = bf16[4,8,2]{2,1,0} transpose(bf16[8,4,2]{2,1,0} %y), dimensions={1,0,2}
+  %copy.3 = f32[16,4]{0,1} copy(f32[16,4]{1,0} %z)
+  %add.4 = f32[16]{0} add(f32[16]{0} %a, f32[16]{0} %b)
+  """
+  assert train_gpu.hlo_moves(text) == [["transpose bf16[4,8,2]{2,1,0}, dimensions={1,0,2}", 2, 128],
+                                       ["copy f32[16,4]{0,1}", 1, 64]]
