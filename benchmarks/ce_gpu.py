@@ -120,10 +120,9 @@ def pack(args, edit=lambda cfg: cfg) -> None:
   if ddata.query_ids != data.query_ids or ddata.doc_ids != data.doc_ids:
     raise ValueError("the ce_distill config's training data differs from the CE's; align corpus/n_test/n_dev.")
   examples = embed_distill.student_pipeline(dcfg, ddata, pre.tokenizer, 0, 1).examples
-  pairs = np.unique(examples.query.astype(np.int64)[:, None] * len(data.doc_ids) + examples.docs)
-  out["distill_query"], out["distill_doc"] = (pairs // len(data.doc_ids)).astype(np.int32), (
-      pairs % len(data.doc_ids)).astype(np.int32)
-  meta["distill_pairs"] = len(pairs)
+  uq, ud, _ = ce_recipe.example_pairs(examples, len(data.doc_ids))
+  out["distill_query"], out["distill_doc"] = uq.astype(np.int32), ud.astype(np.int32)
+  meta["distill_pairs"] = len(uq)
   # The word-embedding rows these texts use (+ the template's specials and pad), ids remapped.
   token_keys = [k for k in out if k.endswith("_ids")]
   used = np.unique(np.concatenate([out[k].reshape(-1) for k in token_keys] + [
@@ -175,11 +174,6 @@ def _template(meta):
   return ce_lib.PairTemplate(tuple(t["prefix"]), tuple(t["middle"]), tuple(t["suffix"]), t["pad_id"], t["token_types"])
 
 
-def _pairs(template, length, q_ids, q_len, d_ids, d_len):
-  from edistill.models import cross_encoder as ce_lib
-  return ce_lib.pack_pairs(template, q_ids, q_len, d_ids, d_len, length)
-
-
 def sample_batch(data, rows: np.ndarray, negatives: int, rng: np.random.Generator) -> np.ndarray:
   """[b, 1 + negatives] doc rows: each example's positive, then ``negatives`` of its query's mined
   pool drawn without replacement (random non-positive documents where the pool is short)."""
@@ -229,7 +223,7 @@ class Scorer:
       q, d = ce_lib.apply_flat(model, p, pairs, method="pooled")
       return jnp.sum(q * d, -1), q.astype(jnp.float16)
 
-    self.fn = jax.jit(fn, static_argnums=2)
+    self.fn, self.pack_pairs = jax.jit(fn, static_argnums=2), ce_lib.pack_pairs
 
   def __call__(self, params, q_rows: np.ndarray, d_rows: np.ndarray, pooled: bool = False):
     qi, ql = self.data[f"{self.split_q}_q_ids"], self.data[f"{self.split_q}_q_len"]
@@ -238,7 +232,8 @@ class Scorer:
       q, d = q_rows[s:s + self.batch], d_rows[s:s + self.batch]
       pad = self.batch - len(q)
       q, d = np.concatenate([q, np.repeat(q[:1], pad)]), np.concatenate([d, np.repeat(d[:1], pad)])
-      pairs = _pairs(self.template, self.length, qi[q], ql[q], self.data["doc_ids"][d], self.data["doc_len"][d])
+      pairs = self.pack_pairs(self.template, qi[q], ql[q], self.data["doc_ids"][d], self.data["doc_len"][d],
+                              self.length)
       sc, v = self.fn(params, pairs, pooled)
       scores.append(np.asarray(sc)[:self.batch - pad])
       if pooled:
@@ -315,10 +310,10 @@ def train(args) -> None:
       rows = order[(i - 1) * args.queries:i * args.queries]
       cand = sample_batch(data, rows, args.negatives, rng)
       q = data["example_query"][rows]
-      k = cand.shape[1]
-      batch = _pairs(template, length, np.broadcast_to(data["train_q_ids"][q][:, None], (len(q), k, data["train_q_ids"].shape[1])),
-                     np.broadcast_to(data["train_q_len"][q][:, None], (len(q), k)), data["doc_ids"][cand],
-                     data["doc_len"][cand], )
+      q_ids = data["train_q_ids"][q]
+      batch = ce_lib.pack_pairs(template, np.broadcast_to(q_ids[:, None], (len(q), cand.shape[1], q_ids.shape[1])),
+                                np.broadcast_to(data["train_q_len"][q][:, None], cand.shape), data["doc_ids"][cand],
+                                data["doc_len"][cand], length)
       batch.update(positive_col=np.zeros(len(q), np.int32), candidate_mask=np.ones(cand.shape, bool))
       state, metrics = step(state, None, jax.device_put(batch, batch_sh))
       if i == 1:

@@ -10,7 +10,7 @@ import pytest
 
 from edistill import config_lib, mesh as mesh_lib, objective, teachers
 from edistill.data import pipeline
-from edistill.eval import suite
+from edistill.eval import report, suite
 from edistill.models import cross_encoder as ce_lib
 from edistill.models import hf_import, tokenization
 from edistill.models.encoder import Encoder
@@ -399,7 +399,7 @@ def test_ce_configs_train_rerank_and_distill_two_steps(tmp_path, tiny_models, is
   assert 0 <= rows["reranked"]["mrr@10"] <= 1 and rows["reranked"]["num_queries"] == rows["first_stage"]["num_queries"]
   # Re-ranking only reorders the top k: recall@k is unchanged.
   assert rows["reranked"]["recall@10"] <= rows["first_stage"]["recall@10"] + 1e-9
-  name = f"{suite.data_name(cfg.data)}_test"
+  name = f"{report.data_name(cfg.data)}_test"
   assert (tmp_path / "ce" / f"results_{name}.md").is_file()
   # The gain's paired interval: over per-query RR@10 of both rows, written beside the results (BM25
   # as the first stage: the tiny dual encoder finds nothing to share).

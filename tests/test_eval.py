@@ -77,7 +77,7 @@ def test_eval_mode_and_eval_during_training(tmp_path, tiny_models, isolated_cach
   metrics = recipes.train(cfg, tmp_path)
   logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert any("eval/mrr@10" in m for m in logged)
-  ds = suite.data_name(cfg.data)
+  ds = report.data_name(cfg.data)
   assert (tmp_path / f"results_{ds}_dev.md").is_file()
   rows = suite.run(cfg, tmp_path, split="test")
   assert set(rows) == {"teacher", "student_zero_shot", "student", "bm25"}
@@ -136,7 +136,7 @@ def test_cross_domain_evaluates_every_model_on_each_domain_in_one_table(tmp_path
   assert f"| stdlib-1000 | 500 | student | {rows['student']['mrr@10']:.4f} |" in table
   assert f"| {share:.1f} | {rows['student']['teacher_pct_lo']:.1f}-" in table
   # The in-domain results are not overwritten.
-  assert (tmp_path / f"results_{suite.data_name(cfg.data)}_test.json").is_file()
+  assert (tmp_path / f"results_{report.data_name(cfg.data)}_test.json").is_file()
 
 
 def test_trec_run_files_hold_each_models_ranking(tmp_path):

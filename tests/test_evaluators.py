@@ -5,7 +5,7 @@ import ml_collections
 import pytest
 
 from edistill import recipes
-from edistill.eval import evaluators, report, suite
+from edistill.eval import evaluators, report
 
 
 def _cfg(tiny_models, **evals):
@@ -47,7 +47,7 @@ def test_each_entry_runs_at_its_own_cadence_under_its_name(tmp_path, tiny_models
   logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   steps = {name: [m["step"] for m in logged if f"{name}/mrr@10" in m] for name in ("dev", "held", "eval")}
   assert steps == {"dev": [2, 4], "held": [4], "eval": []}
-  name = suite.data_name(cfg.data)
+  name = report.data_name(cfg.data)
   assert (tmp_path / f"results_{name}_dev_dev.md").is_file() and (tmp_path / f"results_{name}_held_test.md").is_file()
   assert not any("dev/params_m" in m or "held/query_ms" in m for m in logged)
 
@@ -66,7 +66,7 @@ def test_metrics_choose_the_columns_and_mode_eval_runs_every_entry(tmp_path, tin
       "short": {"models": ("student", "bm25"), "split": "test", "metrics": ("mrr@10", "precision@5")}})
   tables = recipes.evaluate(cfg, tmp_path)
   assert "## full" in tables and "## short" in tables
-  ds = suite.data_name(cfg.data)
+  ds = report.data_name(cfg.data)
   full = json.loads((tmp_path / f"results_{ds}_full_test.json").read_text())
   short = json.loads((tmp_path / f"results_{ds}_short_test.json").read_text())
   for model in ("student", "bm25"):

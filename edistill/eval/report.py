@@ -32,6 +32,11 @@ def dataset_name(source: str, path: str = "", corpus_size: int = 0) -> str:
   return f"{source}-{corpus_size}" if corpus_size else source
 
 
+def data_name(data) -> str:
+  """``dataset_name`` of a ``config.data`` (a ConfigDict, or the dict a workdir's config.json holds)."""
+  return dataset_name(data["source"], data.get("path", ""), data.get("corpus_size", 0))
+
+
 def result_file(workdir: str | os.PathLike, split: str, prefix: str = "results", ext: str = "json") -> Path:
   """``<prefix>_<dataset>_<split>.<ext>`` of the workdir's own dataset (its ``config.json``), or a file
   written before results named the dataset (``<prefix>_<split>.<ext>``)."""
@@ -41,8 +46,7 @@ def result_file(workdir: str | os.PathLike, split: str, prefix: str = "results",
   except FileNotFoundError:
     named = None
   else:
-    dataset = dataset_name(data["source"], data.get("path", ""), data.get("corpus_size", 0))
-    named = workdir / f"{prefix}_{dataset}_{split}.{ext}"
+    named = workdir / f"{prefix}_{data_name(data)}_{split}.{ext}"
   legacy = workdir / f"{prefix}_{split}.{ext}"
   if named is not None and (named.is_file() or not legacy.is_file()):
     return named

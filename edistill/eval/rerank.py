@@ -63,7 +63,7 @@ def run(cfg, workdir: str | Path, split: str | None = None, params=None,
   or ``eval.checkpoint``'s latest checkpoint), or ``"teacher"``, ``cfg.teacher`` with
   ``cross_encoder.checkpoint``.
   """
-  from edistill.eval.suite import data_name, load_split, split_heading
+  from edistill.eval.suite import load_split, split_heading
   workdir, split = Path(workdir), split or cfg.eval.split
   if reranker == "student":
     enc_cfg, directory = cfg.student, Path(cfg.eval.checkpoint) if cfg.eval.checkpoint else workdir / "checkpoints"
@@ -93,7 +93,7 @@ def run(cfg, workdir: str | Path, split: str | None = None, params=None,
                       "query_ms": 1000 * seconds / max(len(data.query_ids), 1)}
   rows, runs = report.split_runs(rows)
   rows, per_query = report.teacher_intervals(rows, teacher="first_stage")
-  name = f"{data_name(cfg.data)}_{split}"
+  name = f"{report.data_name(cfg.data)}_{split}"
   header = (f"{split_heading(cfg, split, data, pre.tokenizer)}"
             f"first_stage = {cfg.cross_encoder.first_stage} (exact top {cfg.eval.k}); reranked = its top {k} "
             f"re-scored by the {cfg.cross_encoder.head!r}-head cross-encoder ({enc_cfg.name}, "

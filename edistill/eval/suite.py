@@ -165,7 +165,7 @@ def run(cfg, workdir: str | Path, split: str | None = None, student_params: dict
         metrics: Sequence[str] = report.METRICS, multihost: bool = False) -> dict[str, dict[str, float]]:
   """Evaluates ``models`` (default ``cfg.eval.models``, rows in ``MODELS`` order) on ``split``; writes
   results_<dataset>_<name>.{json,md}, per_query_<dataset>_<name>.json and
-  run_<dataset>_<name>_<model>.trec (``dataset``: ``data_name(cfg.data)``; ``name`` defaults to the
+  run_<dataset>_<name>_<model>.trec (``dataset``: ``report.data_name(cfg.data)``; ``name`` defaults to the
   split), headed by the lengths used and how many documents they cut. ``multihost``: every process calls this
   together and the encodings and exact searches are split across them (else each computes all)."""
   workdir = epath.Path(workdir)  # Local or gs://.
@@ -177,7 +177,7 @@ def run(cfg, workdir: str | Path, split: str | None = None, student_params: dict
   ctx = Context(cfg, workdir, load_split(cfg, split), cfg.eval.scann if scann is None else scann, tuple(metrics),
                 student_params, multihost and jax.process_count() > 1)
   rows = {m.name: m.row(ctx) for m in MODELS.values() if m.name in models}
-  name = f"{data_name(cfg.data)}_{name or split}"
+  name = f"{report.data_name(cfg.data)}_{name or split}"
   header = (f"{split_heading(cfg, split, ctx.data, ctx.doc_tokenizer())}"
             f"Exact search{' (ScaNN rows: scann/*)' if ctx.scann else ''}; query latency = batch 1, CPU; "
             f"95 % interval: paired bootstrap of % teacher MRR@10 over these queries (per_query_{name}.json).\n\n")
@@ -186,11 +186,6 @@ def run(cfg, workdir: str | Path, split: str | None = None, student_params: dict
   if jax.process_index() == 0:  # Only process 0 writes results (every process computes them).
     report.write_results(workdir, name, rows, header, per_query, metrics=metrics, runs=runs)
   return rows
-
-
-def data_name(data) -> str:
-  """``report.dataset_name`` of a ``config.data``."""
-  return report.dataset_name(data.source, data.get("path", ""), data.get("corpus_size", 0))
 
 
 def truncated(tokenizer, texts: Sequence[str], max_length: int, sample: int = 10_000, seed: int = 0) -> tuple[int, int]:
@@ -213,7 +208,7 @@ def split_heading(cfg, split: str, data, tokenizer=None) -> str:
     if of:
       sampled = f" (a seeded sample of {of:,})" if of < len(data.doc_texts) else ""
       cut = f"; {n:,} of {of:,} documents{sampled} ({100 * n / of:.1f} %) are longer and cut"
-  return (f"# {data_name(d)} {split}: {len(data.query_ids)} queries, {len(data.doc_ids)} documents\n\n"
+  return (f"# {report.data_name(d)} {split}: {len(data.query_ids)} queries, {len(data.doc_ids)} documents\n\n"
           f"Lengths: queries {d.max_query_length} tokens, documents {d.max_doc_length}{cut}.\n\n")
 
 

@@ -152,6 +152,14 @@ def build_train(cfg, process_index: int = 0, process_count: int = 1) -> loop.Set
                     objective.loss_config(cfg.loss), step)
 
 
+def example_pairs(examples: pipeline.Examples, num_docs: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """The distinct (query row, document row) pairs among the examples' candidates: (queries [P],
+  documents [P], ``inverse`` [N * C], each candidate's pair)."""
+  keys = np.broadcast_to(examples.query[:, None], examples.docs.shape).astype(np.int64) * num_docs + examples.docs
+  unique, inverse = np.unique(keys.reshape(-1), return_inverse=True)
+  return unique // num_docs, unique % num_docs, inverse
+
+
 def teacher_outputs(model: ce_lib.CrossEncoder, params, tokenizer, data, examples: pipeline.Examples,
                     max_query_length: int, max_doc_length: int, batch_size: int = 64) -> dict[str, np.ndarray]:
   """The CE's outputs over every example's candidates, ``[N, C]`` scores (and ``[N, C, H]`` pooled
@@ -160,10 +168,7 @@ def teacher_outputs(model: ce_lib.CrossEncoder, params, tokenizer, data, example
   Each distinct (query, document) pair is scored once.
   """
   pooled = model.head == "dual"
-  q_rows = np.broadcast_to(examples.query[:, None], examples.docs.shape)
-  keys = q_rows.astype(np.int64) * len(data.doc_ids) + examples.docs
-  unique, inverse = np.unique(keys.reshape(-1), return_inverse=True)
-  uq, ud = unique // len(data.doc_ids), unique % len(data.doc_ids)
+  uq, ud, inverse = example_pairs(examples, len(data.doc_ids))
   key = content_key(model=encode_lib.params_fingerprint(params), module=encode_lib.module_fingerprint(model),
                     queries=texts_fingerprint([data.query_texts[i] for i in uq]),
                     docs=texts_fingerprint([data.doc_texts[i] for i in ud]), lengths=(max_query_length, max_doc_length))
@@ -223,15 +228,14 @@ def stored_outputs(path, data, examples: pipeline.Examples) -> dict[str, np.ndar
   fd = np.asarray([d_row[d] for d in stored["doc_ids"].tolist()], np.int64)
   if _pairs_fingerprint(data, fq, fd) != str(stored["fingerprint"]):
     raise ValueError(f"{path}: the texts of its pairs differ from the training data's now; score them again.")
-  index = {k: i for i, k in enumerate((fq * len(data.doc_ids) + fd).tolist())}
-  keys = (np.broadcast_to(examples.query[:, None], examples.docs.shape).astype(np.int64) * len(data.doc_ids)
-          + examples.docs).reshape(-1)
-  missing = [k for k in dict.fromkeys(keys.tolist()) if k not in index]
+  index = {pair: i for i, pair in enumerate(zip(fq.tolist(), fd.tolist()))}
+  uq, ud, inverse = example_pairs(examples, len(data.doc_ids))
+  missing = [pair for pair in zip(uq.tolist(), ud.tolist()) if pair not in index]
   if missing:
-    show = [(data.query_ids[k // len(data.doc_ids)], data.doc_ids[k % len(data.doc_ids)]) for k in missing[:3]]
+    show = [(data.query_ids[q], data.doc_ids[d]) for q, d in missing[:3]]
     raise ValueError(f"{path}: {len(missing)} (query, document) pairs of the training examples are not in it, e.g. "
                      f"{show}; score the candidates of these settings (data.num_hard_negatives, mine, mine_depth).")
-  rows = np.asarray([index[k] for k in keys.tolist()])
+  rows = np.asarray([index[pair] for pair in zip(uq.tolist(), ud.tolist())])[inverse]
   return {k: stored[k][rows].reshape(*examples.docs.shape, *stored[k].shape[1:])
           for k in ("scores", "query_vectors", "doc_vectors") if k in stored}
 

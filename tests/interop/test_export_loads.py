@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from edistill import main
-from edistill.eval import evaluator, suite
+from edistill.eval import evaluator, report, suite
 from edistill.eval.report import RUN
 from tests.test_export import KINDS, TEXTS, reference_embeddings, trained_workdir
 
@@ -77,7 +77,7 @@ def test_retrieval_with_the_sentence_transformers_model_is_edistills_evaluation(
   for metric in ("mrr@10", "recall@10", "ndcg@10"):
     assert theirs[metric] == pytest.approx(ours[metric], abs=1e-6), metric
   trec = {}
-  for line in (work / f"run_{suite.data_name(cfg.data)}_test_student.trec").read_text().splitlines():
+  for line in (work / f"run_{report.data_name(cfg.data)}_test_student.trec").read_text().splitlines():
     qid, _, doc, _, score, _ = line.split()
     trec.setdefault(qid, {})[doc] = float(score)
   assert set(trec) == set(theirs[RUN])
