@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 WORKDIR ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-slow bench test-bench test-interop ablation clean
+.PHONY: install demo test test-slow bench test-bench test-interop hlo-gpu ablation clean
 
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -43,19 +43,35 @@ test-bench: $(VENV)/.bench
 
 # Exports loaded by sentence-transformers / transformers / the ONNX backend (tests/interop), in their own
 # venv: CPU torch (pip's find-links), sentence-transformers, onnxruntime. Not part of make test.
+# $(call extra_venv,DIR,EXTRA): a venv of its own in DIR with edistill and the setup.py extra EXTRA.
+define extra_venv
+	$(PYTHON) -m venv $(1)
+	$(1)/bin/python -m pip install -q --upgrade pip
+	$(1)/bin/python -m pip install -q -e ".[$(2)]"
+	touch $(1)/.installed
+endef
+
 INTEROP_VENV := .venv-interop
 $(INTEROP_VENV)/.installed: setup.py
-	$(PYTHON) -m venv $(INTEROP_VENV)
-	$(INTEROP_VENV)/bin/python -m pip install -q --upgrade pip
-	$(INTEROP_VENV)/bin/python -m pip install -q -e ".[interop]"
-	touch $@
+	$(call extra_venv,$(INTEROP_VENV),interop)
 
 test-interop: $(INTEROP_VENV)/.installed
 	$(INTEROP_VENV)/bin/python -m pytest -q --interop $(PYTEST_ARGS) tests/interop
+
+# The train steps' optimized HLO as XLA compiles them for an H200, without a GPU (benchmarks/hlo_gpu.py):
+# transposes and non-matmul traffic per step, in runs/hlo_gpu. Its own venv: the CUDA plugin and libraries.
+AOT_VENV := .venv-aot
+$(AOT_VENV)/.installed: setup.py
+	$(call extra_venv,$(AOT_VENV),aot)
+
+hlo-gpu: $(AOT_VENV)/.installed
+	rm -f runs/hlo_gpu/hlo.jsonl
+	JAX_PLATFORMS=cpu JAX_SKIP_CUDA_CONSTRAINTS_CHECK=1 PYTHONPATH=. $(AOT_VENV)/bin/python benchmarks/hlo_gpu.py \
+	  --out runs/hlo_gpu/hlo.jsonl
 
 # The paper's ablation (every row of configs/ablation.py, both students): table + plot in runs/ablation.
 ablation: $(VENV)/.bench
 	$(PY) benchmarks/ablation.py --out runs/ablation
 
 clean:
-	rm -rf $(VENV) $(INTEROP_VENV) *.egg-info
+	rm -rf $(VENV) $(INTEROP_VENV) $(AOT_VENV) *.egg-info

@@ -43,5 +43,8 @@ setup(
         "bench": ["torch==2.13.0", "matplotlib==3.10.7", "sentence-transformers[train]==6.2.0", *ONNX],
         # make test-interop: exports loaded by PyTorch users' libraries (tests/interop), in their own venv.
         "interop": ["torch==2.13.0", "sentence-transformers==6.2.0", *ONNX, "pytest==9.2.0"],
+        # make hlo-gpu: XLA's CUDA compiler (no driver needed) for benchmarks/hlo_gpu.py's deviceless
+        # compiles of the train steps for an H200, in their own venv (~3 GB of NVIDIA libraries).
+        "aot": ["jax-cuda12-plugin[with-cuda]==0.10.2"],
     },
 )

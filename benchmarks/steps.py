@@ -175,16 +175,21 @@ def one_device_step(params, tx, jit_step: Callable) -> tuple[Any, Callable, Any]
   return state, jit_step(state_sh, mesh_lib.replicated(mesh), batch_sh), batch_sh
 
 
-def jax_step(w: Workload, params) -> tuple[Any, Callable, Any]:
-  """(state, step, batch sharding) of edistill's own jitted step (``jit_train_step`` / ``jit_loss_step``,
-  the state donated); ``step(state, None, batch) -> (state, metrics)``."""
-  tx = optimizer()
+def jit_step(w: Workload, tx, state_sharding, teacher_sharding, batch_sharding) -> Callable:
+  """edistill's own jitted step for ``w`` (``jit_train_step`` / ``jit_loss_step``, the state donated):
+  ``step(state, None, batch) -> (state, metrics)``."""
   if w.kind == "qemb":
     teacher = Teacher(Encoder(w.config), "precomputed")  # Rows ride in the batch; the encoder is never applied.
-    return one_device_step(params, tx, lambda *sh: jit_train_step(student(w), teacher, LOSS, tx, *sh))
+    return jit_train_step(student(w), teacher, LOSS, tx, state_sharding, teacher_sharding, batch_sharding)
   model = cross_encoder(w)
   loss_fn = lambda p, _, batch, rng: cross_encoder_loss(p, batch, rng, model=model, temperature=TEMPERATURE)
-  return one_device_step(params, tx, lambda *sh: jit_loss_step(loss_fn, tx, *sh))
+  return jit_loss_step(loss_fn, tx, state_sharding, teacher_sharding, batch_sharding)
+
+
+def jax_step(w: Workload, params) -> tuple[Any, Callable, Any]:
+  """(state, step, batch sharding): ``jit_step`` on a one-device mesh with a train state of ``params``."""
+  tx = optimizer()
+  return one_device_step(params, tx, lambda *sh: jit_step(w, tx, *sh))
 
 
 def time_loop(step: Callable[[], Any], sync: Callable[[], Any], target_s: float = 1.0, windows: int = 3) -> dict:

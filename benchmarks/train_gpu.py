@@ -246,7 +246,7 @@ def hlo(ctx, key: str) -> dict:
   name = key.split(":", 1)[1]
   text = ctx.more[name].hlo()
   (ctx.out_dir / f"hlo_{name.replace(':', '_')}.txt").write_text(text)
-  return {"hlo_chars": len(text), "moves": hlo_moves(text)}
+  return {"hlo_chars": len(text), "moves": hlo_moves(text), "traffic": hlo_traffic(text)}
 
 
 _MOVE = re.compile(r"= (\w+)\[([\d,]*)\](\{[\d,]*\})? (transpose|copy)\(([^)]*)\)(, dimensions=\{[\d,]*\})?")
@@ -264,6 +264,46 @@ def hlo_moves(text: str, top: int = 20) -> list:
     found[key] = (count + 1, elems)
   ranked = sorted(found.items(), key=lambda kv: -kv[1][0] * kv[1][1])[:top]
   return [[key, count, count * elems] for key, (count, elems) in ranked]
+
+
+_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s32": 4, "u32": 4, "f32": 4, "s64": 8, "f64": 8}
+_ARRAY = re.compile(r"\b(pred|[suf]\d+|bf16)\[([\d,]*)\]")
+_INSTR = re.compile(r"^\s*(?:ROOT )?%(\S+) = (.+?) ([\w-]+)\((.*?)\)(?:, |$)")
+_FREE = {"parameter", "constant", "bitcast", "get-tuple-element", "tuple", "custom-call", "after-all"}
+
+
+def _array_bytes(text: str) -> int:
+  return sum(_DTYPE_BYTES.get(dtype, 4) * math.prod(int(d) for d in dims.split(",") if d)
+             for dtype, dims in _ARRAY.findall(text))
+
+
+def hlo_traffic(text: str, top: int = 25) -> dict:
+  """What an optimized GPU HLO's kernels other than matmuls and library calls read and write, by
+  the bytes of their operands and results (a kernel reading an operand more than once, or only part
+  of it, is counted once and whole): the memory-bound share of a step. Each of the ENTRY
+  computation's kernels (fusions, copies, transposes, reductions) except library calls
+  (custom-calls: cuBLAS, cuDNN) and kCustom fusions (matmul fusions), grouped by kernel kind and
+  the op it came from, with layer numbers folded (``layer_*``).
+  -> {"bytes": total, "kernels": count, "top": [[kind, op, count, bytes], ...] largest first}."""
+  entry = text[text.index("\nENTRY"):]
+  shapes, groups = {}, {}
+  for line in entry.splitlines():
+    m = _INSTR.match(line)
+    if not m:
+      continue
+    name, shape, op, operands = m.groups()
+    shapes[name] = shape
+    if op in _FREE or "kind=kCustom" in line:
+      continue
+    moved = _array_bytes(shape) + sum(_array_bytes(shapes.get(o, "")) for o in re.findall(r"%([\w.-]+)", operands))
+    source = re.search(r'op_name="([^"]*)"', line)
+    source = re.sub(r"layer_\d+", "layer_*", source.group(1) if source else "").split("/", 1)[-1]
+    key = (re.sub(r"[.\d]+$", "", name), source)
+    count, total = groups.get(key, (0, 0))
+    groups[key] = (count + 1, total + moved)
+  ranked = sorted(groups.items(), key=lambda kv: -kv[1][1])
+  return {"bytes": sum(b for _, b in groups.values()), "kernels": sum(c for c, _ in groups.values()),
+          "top": [[kind, source, count, total] for (kind, source), (count, total) in ranked[:top]]}
 
 
 # Kernel kinds by name, the first match counts (cuDNN's attention kernels' names carry "sm90_" too).

@@ -161,3 +161,71 @@ def test_the_sequence_major_attention_path_computes_the_encoders_values_and_grad
     for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
       np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
   assert calls  # The sequence-major path ran (once a layer per trace).
+
+
+def _residual_bytes(fn, *args) -> int:
+  """Bytes a VJP of ``fn`` keeps for its backward pass (the leaves of the pullback)."""
+  _, pullback = jax.vjp(fn, *args)
+  return sum(leaf.nbytes for leaf in jax.tree.leaves(pullback))
+
+
+def test_plain_gelu_is_the_exact_gelu_and_its_backward_keeps_only_the_input():
+  from scipy import special
+  x = np.linspace(-6, 6, 97, dtype=np.float32)
+  x64 = x.astype(np.float64)
+  np.testing.assert_allclose(np.asarray(kernels.PLAIN.gelu(x)), 0.5 * x64 * special.erfc(-x64 / np.sqrt(2)), atol=2e-6)
+  slope = 0.5 * special.erfc(-x64 / np.sqrt(2)) + x64 * np.exp(-x64 ** 2 / 2) / np.sqrt(2 * np.pi)
+  np.testing.assert_allclose(np.asarray(jax.vmap(jax.grad(kernels.PLAIN.gelu))(x)), slope, atol=2e-6)
+  h = jnp.asarray(np.random.default_rng(0).standard_normal((8, 64)), jnp.bfloat16)
+  assert _residual_bytes(kernels.PLAIN.gelu, h) == h.nbytes
+  assert _residual_bytes(functools.partial(jax.nn.gelu, approximate=False), h) >= 3 * h.nbytes  # What it replaced.
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_recomputing_layer_norm_equals_autodiffs_values_and_gradients_and_keeps_less(dtype):
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.standard_normal((3, 5, 16)) * 3 + 1, dtype)
+  scale, bias = (jnp.asarray(rng.standard_normal(16), jnp.float32) for _ in range(2))
+  w = jnp.asarray(rng.standard_normal((3, 5, 16)), jnp.float32)
+  loss = lambda f, *a: jnp.sum(w * f(*a, 1e-5).astype(jnp.float32))
+  tol = 1e-5 if dtype == jnp.float32 else 2e-2
+  np.testing.assert_allclose(np.asarray(kernels.recompute_layer_norm(x, scale, bias, 1e-5), np.float32),
+                             np.asarray(kernels.autodiff_layer_norm(x, scale, bias, 1e-5), np.float32), atol=tol)
+  grads = [jax.grad(lambda *a: loss(f, *a), argnums=(0, 1, 2))(x, scale, bias)
+           for f in (kernels.recompute_layer_norm, kernels.autodiff_layer_norm)]
+  for got, want in zip(*grads):
+    assert np.abs(np.asarray(want, np.float32)).max() > 0.1
+    np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), atol=tol * 10, rtol=tol)
+  if dtype == jnp.bfloat16:
+    kept = _residual_bytes(lambda a: kernels.recompute_layer_norm(a, scale, bias, 1e-5), x)
+    assert kept <= x.nbytes + 2 * 4 * 15 + scale.nbytes  # x, each row's mean and 1/std, the scale.
+    assert _residual_bytes(lambda a: kernels.autodiff_layer_norm(a, scale, bias, 1e-5), x) >= 2 * x.nbytes
+
+
+def test_the_cpu_layer_norm_is_flaxs_to_the_bit():
+  """The CPU kernels' LayerNorm computes nn.LayerNorm's exact-variance float32 form (what earlier
+  checkpoints and the PyTorch parity fixtures were made with)."""
+  import flax.linen as nn
+  x = np.random.default_rng(2).standard_normal((4, 7, 16)).astype(np.float32) * 5
+  ln = nn.LayerNorm(epsilon=1e-12, use_fast_variance=False, dtype=jnp.float32)
+  params = {"scale": np.random.default_rng(3).standard_normal(16).astype(np.float32),
+            "bias": np.random.default_rng(4).standard_normal(16).astype(np.float32)}
+  want = ln.apply({"params": params}, x)
+  got = kernels.CPU.layer_norm(jnp.asarray(x), params["scale"], params["bias"], 1e-12)
+  np.testing.assert_array_equal(np.asarray(jax.jit(lambda a: a)(got)), np.asarray(want))
+
+
+def test_position_rows_get_their_gradient_from_a_matmul_not_a_batch_reduction():
+  """The rows' gradient (a sum over the batch) is a dot_general: a reduction over the batch axis
+  lays XLA:GPU's whole backward residual stream out batch-minor, with a transpose at every matmul."""
+  rng = np.random.default_rng(5)
+  x = jnp.asarray(rng.standard_normal((4, 6, 8)), jnp.float32)
+  rows = jnp.asarray(rng.standard_normal((6, 8)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((4, 6, 8)), jnp.float32)
+  grad = lambda f: jax.grad(lambda a, r: jnp.sum(w * jnp.tanh(f(a, r))), argnums=(0, 1))
+  got, want = grad(encoder.add_positions)(x, rows), grad(lambda a, r: a + r[None])(x, rows)
+  for a, b in zip(got, want):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+  backward = lambda f: str(jax.make_jaxpr(lambda a, r, ct: jax.vjp(f, a, r)[1](ct))(x, rows, w))
+  assert "dot_general" in backward(encoder.add_positions) and "reduce_sum" not in backward(encoder.add_positions)
+  assert "reduce_sum" in backward(lambda a, r: a + r[None])  # What it replaced.

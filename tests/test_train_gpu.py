@@ -125,3 +125,33 @@ def test_hlo_moves_ranks_transposes_and_copies_by_elements_moved():
   """
   assert train_gpu.hlo_moves(text) == [["transpose bf16[4,8,2]{2,1,0}, dimensions={1,0,2}", 2, 128],
                                        ["copy f32[16,4]{0,1}", 1, 64]]
+
+
+def test_hlo_traffic_counts_what_non_matmul_kernels_read_and_write():
+  """Bytes of results + operands of the ENTRY computation's kernels, matmul fusions (kCustom) and
+  library calls left out, grouped by kernel kind and source op with layer numbers folded."""
+  import train_gpu
+  text = """
+%fused_add (p: bf16[8,4]) -> bf16[8,4] {
+  %p = bf16[8,4]{1,0} parameter(0)
+  ROOT %add.9 = bf16[8,4]{1,0} add(%p, %p)
+}
+
+ENTRY %main (a: bf16[8,4], b: f32[4,4]) -> f32[8] {
+  %a = bf16[8,4]{1,0} parameter(0)
+  %b = f32[4,4]{1,0} parameter(1)
+  %gemm_fusion_dot.1 = bf16[8,4]{1,0} fusion(%a, %b), kind=kCustom, calls=%gemm, metadata={op_name="jit(f)/layer_0/dot"}
+  %loop_add_fusion.2 = bf16[8,4]{1,0} fusion(%gemm_fusion_dot.1), kind=kLoop, calls=%fused_add, metadata={op_name="jit(f)/layer_0/add"}
+  %loop_add_fusion.3 = bf16[8,4]{1,0} fusion(%loop_add_fusion.2), kind=kLoop, calls=%fused_add, metadata={op_name="jit(f)/layer_1/add"}
+  %custom-call.4 = (f32[8,4]{1,0}, u8[64]{0}) custom-call(%loop_add_fusion.3), custom_call_target="__cublas$gemm"
+  %get-tuple-element.5 = f32[8,4]{1,0} get-tuple-element(%custom-call.4), index=0
+  %bitcast.6 = f32[4,8]{1,0} bitcast(%get-tuple-element.5)
+  %transpose.7 = f32[8,4]{1,0} transpose(%bitcast.6), dimensions={1,0}, metadata={op_name="jit(f)/transpose"}
+  ROOT %reduce.8 = f32[8]{0} reduce(%transpose.7, %b), dimensions={1}, to_apply=%sum
+}
+"""
+  got = train_gpu.hlo_traffic(text)
+  # Two adds of bf16[8,4]: 64 B in + 64 B out each; the transpose 128 + 128; the reduce 128 + 64 + 32.
+  assert got["top"] == [["loop_add_fusion", "layer_*/add", 2, 256], ["transpose", "transpose", 1, 256],
+                        ["reduce", "", 1, 224]]
+  assert got["bytes"] == 736 and got["kernels"] == 4

@@ -4,7 +4,9 @@ XLA:CPU hands dots and their elementwise neighbours to a library (YNNPACK) whose
 cost a MiniLM forward and train step 10-50 % in places; the ``CPU`` forms below steer it (each
 docstring says how and by how much, benchmarks/RESULTS.md). TPU and GPU compilers fuse the plain
 forms themselves, and there the tricks would only cost (an extra select pass, a head dimension of
-Dh + 1 that breaks the matrix units' tiling), so every other backend gets ``PLAIN``. ``CUDNN`` is
+Dh + 1 that breaks the matrix units' tiling), so every other backend gets ``PLAIN``, whose GELU and
+LayerNorm recompute their backward pass from their input instead of storing intermediates (on an
+accelerator the step is bound by memory traffic outside the matmuls). ``CUDNN`` is
 ``PLAIN`` with cuDNN's fused (flash) attention, chosen by name (``for_backend(name="cudnn")``, an
 ``Encoder``'s ``kernels``). All compute the same function; tests/test_kernels.py checks values and
 gradients of one against the other.
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Callable
 
 import jax
@@ -34,6 +37,9 @@ class Kernels:
   # [B, L, N, Dh]: attention on the sequence-major layout a fused kernel reads. When set, the encoder
   # makes q, k and v in that layout directly and never splits heads (None: it calls ``attention``).
   seq_attention: Callable | None = None
+  # layer_norm(x [..., H], scale [H], bias [H] float32, eps) -> [..., H] in x.dtype (float32 math);
+  # every Kernels below sets it.
+  layer_norm: Callable = None
 
 
 def _materialise(x: jax.Array) -> jax.Array:
@@ -77,6 +83,76 @@ def cpu_gelu(x: jax.Array) -> jax.Array:
   the MiniLM forward on CPU. Selecting on x, not on the output, measured 11 % faster.
   """
   return jnp.where(jnp.isnan(x), x, jax.nn.gelu(x, approximate=False))
+
+
+@jax.custom_vjp
+def recompute_gelu(x: jax.Array) -> jax.Array:
+  """Exact GELU whose backward pass keeps only ``x`` and recomputes the rest.
+
+  Autodiff of the erfc form keeps three [B, L, I] arrays per layer for the backward pass (x / 2,
+  the erfc value, -x / sqrt 2): 1.5 GB more written and read per layer of a 12 x 768 train step at
+  512 x 160 tokens than this (benchmarks/RESULTS.md), where the recomputed erf costs nothing against
+  memory bandwidth. Math in float32, results in ``x.dtype``.
+  """
+  return _gelu_fwd(x)[0]
+
+
+def _phi_cdf(x32: jax.Array) -> jax.Array:
+  return 0.5 * jax.lax.erfc(x32 * (-1 / math.sqrt(2)))
+
+
+def _gelu_fwd(x):
+  x32 = x.astype(jnp.float32)
+  return (x32 * _phi_cdf(x32)).astype(x.dtype), x
+
+
+def _gelu_bwd(x, dy):
+  # The barrier keeps XLA from sharing the forward's float32 copy of x with this pass: it would
+  # store that copy (twice x's bytes) instead of x.
+  x32 = jax.lax.optimization_barrier(x).astype(jnp.float32)
+  slope = _phi_cdf(x32) + x32 * jnp.exp(-0.5 * x32 * x32) * (1 / math.sqrt(2 * math.pi))  # Phi(x) + x phi(x).
+  return ((dy.astype(jnp.float32) * slope).astype(dy.dtype),)
+
+
+recompute_gelu.defvjp(_gelu_fwd, _gelu_bwd)
+
+
+def autodiff_layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float) -> jax.Array:
+  """LayerNorm over the last axis with exact (two-pass) variance in float32, as PyTorch computes it;
+  ``x [..., H]`` in any float dtype, ``scale``/``bias [H]`` float32; the result in ``x.dtype``."""
+  return _layer_norm_fwd(x, scale, bias, eps)[0]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def recompute_layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float) -> jax.Array:
+  """``autodiff_layer_norm`` whose backward pass keeps ``x`` and each row's mean and 1/std only.
+
+  Autodiff keeps float32 [B, L, H] intermediates (x - mean and its scaled forms) for every
+  LayerNorm, two of them per layer; recomputing them from ``x`` reads half or less
+  (benchmarks/RESULTS.md).
+  """
+  return _layer_norm_fwd(x, scale, bias, eps)[0]
+
+
+def _layer_norm_fwd(x, scale, bias, eps):
+  x32 = x.astype(jnp.float32)
+  mean = x32.mean(-1, keepdims=True)
+  centred = x32 - mean
+  rstd = jax.lax.rsqrt(jnp.mean(centred * centred, -1, keepdims=True) + eps)
+  return (centred * (rstd * scale) + bias).astype(x.dtype), (x, mean, rstd, scale)
+
+
+def _layer_norm_bwd(eps, res, dy):
+  x, mean, rstd, scale = res
+  xhat = (jax.lax.optimization_barrier(x).astype(jnp.float32) - mean) * rstd  # Barrier: see _gelu_bwd.
+  dy32 = dy.astype(jnp.float32)
+  g = dy32 * scale
+  dx = rstd * (g - g.mean(-1, keepdims=True) - xhat * jnp.mean(g * xhat, -1, keepdims=True))
+  rows = tuple(range(dy.ndim - 1))
+  return dx.astype(x.dtype), jnp.sum(dy32 * xhat, rows), jnp.sum(dy32, rows)
+
+
+recompute_layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
 
 
 def cpu_attention(q, k, v, key_bias, position_bias, dropout, dtype):
@@ -137,8 +213,8 @@ def fused_seq_attention(q, k, v, key_bias, position_bias, dropout, dtype, scale,
                                       implementation=implementation)
 
 
-CPU = Kernels("cpu", cpu_matmul, cpu_gelu, cpu_attention)
-PLAIN = Kernels("plain", jnp.matmul, functools.partial(jax.nn.gelu, approximate=False), plain_attention)
+CPU = Kernels("cpu", cpu_matmul, cpu_gelu, cpu_attention, layer_norm=autodiff_layer_norm)
+PLAIN = Kernels("plain", jnp.matmul, recompute_gelu, plain_attention, layer_norm=recompute_layer_norm)
 CUDNN = dataclasses.replace(PLAIN, name="cudnn", attention=fused_attention, seq_attention=fused_seq_attention)
 BY_NAME = {k.name: k for k in (CPU, PLAIN, CUDNN)}
 
