@@ -58,7 +58,12 @@ PARTS = (
     ("encode", "encode", ("info", "encode_jax", "encode_st"), 80),
     ("jax_levers", "jax", ("jax:ce_mpnet", "jax:ce_mpnet_dual", "jax_cudnn:minilm"), 130),
     ("jax_more", "jax", ("jax_best:ce_big", "jax:ce_mpnet_b16", "jax:ce_minilm_b16", "jax_best:minilm_big"), 140),
+    # cuBLASLt for every matmul instead of XLA's autotuned choice between it and Triton: its epilogues
+    # take the bias adds that stay separate kernels after Triton matmuls (a deviceless H200 compile,
+    # hlo_gpu.py: the cuDNN ce step's non-matmul traffic 95.5 -> 72.0 GB).
+    ("jax_cublas", "jax", ("jax_cublas:minilm", "jax_cublas_cudnn:ce", "hlo:jax_cublas_cudnn:ce"), 90),
 )
+PART_XLA_FLAGS = {"jax_cublas": "--xla_gpu_enable_triton_gemm=false"}  # Added to XLA_FLAGS in that part's process.
 FORBIDDEN = ("ml_collections", "tensorflow_datasets", "tensorflow", "scann", "bm25s")  # Not on the GPU box.
 ENCODE_LENGTH, ENCODE_BATCH, ENCODE_DOCS = 128, 512, 12_288
 TARGET_S = 0.6  # Seconds a timing window lasts (the spread over the windows is recorded).
@@ -101,7 +106,8 @@ class Context:
     of the smaller step it scales up, BEST_OF, as the driver found them)."""
     variant, name = key.split(":")
     w = self.workloads[name]
-    kernels = {"jax_cudnn": "cudnn", "jax_best": self.args.best_kernels.get(BEST_OF.get(name))}.get(variant)
+    kernels = {"jax_cudnn": "cudnn", "jax_cublas_cudnn": "cudnn",
+               "jax_best": self.args.best_kernels.get(BEST_OF.get(name))}.get(variant)
     return dataclasses.replace(w, kernels=kernels) if kernels else w
 
   def data(self, w):
@@ -510,6 +516,8 @@ def drive(args) -> None:
       env["JAX_PLATFORMS"] = "cpu"  # jax only draws the initial weights there; the GPU is torch's.
     if kind == "encode":
       env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = "0.4"  # jax and torch share the GPU in that process.
+    if part in PART_XLA_FLAGS:
+      env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {PART_XLA_FLAGS[part]}".strip()
     cmd = [sys.executable, __file__, "--worker", part, "--kind", kind, "--out", str(out), "--tokenizer",
            str(args.tokenizer), "--best-kernels", best_kernels(read(out)), "--measure", args.measure,
            *(["--tiny"] if args.tiny else [])]
@@ -530,6 +538,9 @@ def _append(path: Path, rec: dict) -> None:
   print(f"[{rec['part']}] {rec['error']}", flush=True)
 
 
+JAX_VARIANTS = ("jax", "jax_cudnn", "jax_cublas", "jax_cublas_cudnn", "jax_best")
+
+
 def summarize(r: dict) -> str:
   """The markdown tables of a run's records."""
   def cell(name, key, fmt):
@@ -539,8 +550,7 @@ def summarize(r: dict) -> str:
   rows = ["| step | framework | examples/s | step (ms) | MFU | compile / first step (s) | first loss |",
           "|---|---|---|---|---|---|---|"]
   for wl in ("minilm", "ce", "ce_mpnet", "ce_mpnet_dual", "ce_big", "minilm_big", "ce_mpnet_b16", "ce_minilm_b16"):
-    for name in (f"jax:{wl}", f"jax_cudnn:{wl}", f"jax_best:{wl}", f"torch:{wl}", f"torch_compile:{wl}",
-                 f"torch_foreach:{wl}"):
+    for name in (*(f"{v}:{wl}" for v in JAX_VARIANTS), f"torch:{wl}", f"torch_compile:{wl}", f"torch_foreach:{wl}"):
       if name in r:
         rec = r[name]
         if "error" in rec:
@@ -552,7 +562,8 @@ def summarize(r: dict) -> str:
                     f"| {rec['first_loss']:.4f} |")
   lines = ["\n".join(rows), ""]
   for wl in ("minilm", "ce"):
-    jax_s = min((r[n]["step_s"] for n in (f"jax:{wl}", f"jax_cudnn:{wl}") if "step_s" in r.get(n, {})), default=None)
+    jax_s = min((r[n]["step_s"] for n in (f"{v}:{wl}" for v in JAX_VARIANTS) if "step_s" in r.get(n, {})),
+                default=None)
     torch_s = min((r[n]["step_s"] for n in (f"torch:{wl}", f"torch_compile:{wl}", f"torch_foreach:{wl}")
                    if "step_s" in r.get(n, {})), default=None)
     if jax_s and torch_s:
@@ -567,7 +578,8 @@ def summarize(r: dict) -> str:
                    f"{', min cosine to edistill %.4f' % r[name]['min_cosine_vs_edistill'] if 'min_cosine_vs_edistill' in r[name] else ''})")
   if "docs_per_s" in r.get("encode_jax", {}) and "docs_per_s" in r.get("encode_st", {}):
     lines.append(f"encoding: edistill / sentence-transformers = {r['encode_jax']['docs_per_s'] / r['encode_st']['docs_per_s']:.2f}x")
-  mfu = max((r[n]["mfu"] for n in ("jax:ce", "jax_cudnn:ce", "jax_best:ce_big") if "mfu" in r.get(n, {})), default=None)
+  mfu = max((r[n]["mfu"] for n in ("jax:ce", "jax_cudnn:ce", "jax_cublas_cudnn:ce", "jax_best:ce_big")
+             if "mfu" in r.get(n, {})), default=None)
   if mfu is not None:
     lines.append(f"teacher-size MFU (best of the ce steps): {100 * mfu:.1f} % (target 40 %)")
   for name in ("profile:jax:ce", "profile:jax_cudnn:ce"):

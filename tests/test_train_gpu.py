@@ -155,3 +155,22 @@ ENTRY %main (a: bf16[8,4], b: f32[4,4]) -> f32[8] {
   assert got["top"] == [["loop_add_fusion", "layer_*/add", 2, 256], ["transpose", "transpose", 1, 256],
                         ["reduce", "", 1, 224]]
   assert got["bytes"] == 736 and got["kernels"] == 4
+
+
+def test_the_cublas_part_runs_with_xlas_triton_matmuls_off(tmp_path, monkeypatch):
+  """The jax_cublas part's process gets the flag added to XLA_FLAGS (kept), the other parts do not,
+  and the summary lists its steps beside the others."""
+  import train_gpu
+  envs = {}
+  monkeypatch.setattr(train_gpu.subprocess, "run", lambda cmd, env, **kw: envs.__setitem__(cmd[3], env))
+  monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x")
+  train_gpu.drive(train_gpu.parse_args(["--tiny", "--out", str(tmp_path / "gpu.jsonl"), "--tokenizer", str(tmp_path),
+                                        "--parts", "jax_core,jax_cublas"]))
+  assert envs["jax_cublas"]["XLA_FLAGS"] == "--xla_dump_to=/tmp/x --xla_gpu_enable_triton_gemm=false"
+  assert envs["jax_core"]["XLA_FLAGS"] == "--xla_dump_to=/tmp/x"
+  rec = {"workload": {"kernels": "cudnn"}, "examples_per_s": 10.0, "step_s": 0.5, "mfu": 0.45, "compile_s": 1.0,
+         "first_loss": 2.0}
+  summary = train_gpu.summarize({"jax_cublas_cudnn:ce": rec, "torch_compile:ce": {**rec, "step_s": 0.6, "first_step_s": 1}})
+  assert "| ce | jax_cublas_cudnn (cudnn) | 10 | 500.0 | 45.0 % |" in summary
+  assert "ce: edistill's best / PyTorch's best examples/s = 1.20x" in summary
+  assert "teacher-size MFU (best of the ce steps): 45.0 %" in summary
