@@ -193,3 +193,22 @@ def test_truncated_counts_documents_over_the_length_on_a_seeded_sample():
   many = ["a b c d"] * 30 + ["a"] * 70  # 30 % are 6 tokens.
   n, of = suite.truncated(Words(), many, 5, sample=50, seed=1)
   assert of == 50 and n == sum(len(many[i].split()) + 2 > 5 for i in np.random.default_rng(1).permutation(100)[:50])
+
+
+def test_the_cut_document_count_is_kept_by_content_and_recounted_when_anything_changes(tmp_path, monkeypatch):
+  from tokenizers import Tokenizer, models, pre_tokenizers
+  from transformers import PreTrainedTokenizerFast
+  backend = Tokenizer(models.WordLevel({"a": 0, "b": 1, "[UNK]": 2}, unk_token="[UNK]"))
+  backend.pre_tokenizer = pre_tokenizers.Whitespace()
+  tok = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]")
+  texts = ["a b a", "a", "b b b b b"]  # 3, 1, 5 tokens.
+  assert suite.truncated_cached(tmp_path, tok, texts, 2) == (2, 3)
+  assert len(list(tmp_path.glob("truncated_*.json"))) == 1
+  recounted = []
+  monkeypatch.setattr(suite, "truncated", lambda *a: recounted.append(a[1:]) or (9, 9))
+  assert suite.truncated_cached(tmp_path, tok, texts, 2) == (2, 3) and not recounted  # Kept.
+  assert suite.truncated_cached(tmp_path, tok, texts[:2], 2) == (9, 9)  # Other texts,
+  assert suite.truncated_cached(tmp_path, tok, texts, 3) == (9, 9)  # another length,
+  tok.add_tokens(["c"])
+  assert suite.truncated_cached(tmp_path, tok, texts, 2) == (9, 9)  # another tokenizer: counted again.
+  assert suite.truncated_cached(None, tok, texts, 2) == (9, 9) and len(recounted) == 4  # No cache: every call.

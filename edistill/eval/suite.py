@@ -6,6 +6,8 @@ tower (+ projection) encodes queries; its documents are the teacher's (asymmetri
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -178,7 +180,7 @@ def run(cfg, workdir: str | Path, split: str | None = None, student_params: dict
                 student_params, multihost and jax.process_count() > 1)
   rows = {m.name: m.row(ctx) for m in MODELS.values() if m.name in models}
   name = f"{report.data_name(cfg.data)}_{name or split}"
-  header = (f"{split_heading(cfg, split, ctx.data, ctx.doc_tokenizer())}"
+  header = (f"{split_heading(cfg, split, ctx.data, ctx.doc_tokenizer(), ctx.cache_dir)}"
             f"Exact search{' (ScaNN rows: scann/*)' if ctx.scann else ''}; query latency = batch 1, CPU; "
             f"95 % interval: paired bootstrap of % teacher MRR@10 over these queries (per_query_{name}.json).\n\n")
   rows, runs = report.split_runs(rows)
@@ -198,13 +200,32 @@ def truncated(tokenizer, texts: Sequence[str], max_length: int, sample: int = 10
   return sum(len(x) > max_length for x in ids), len(rows)
 
 
-def split_heading(cfg, split: str, data, tokenizer=None) -> str:
+def truncated_cached(cache_dir: Path | None, tokenizer, texts: Sequence[str], max_length: int) -> tuple[int, int]:
+  """``truncated``, kept in ``cache_dir`` under a key of the tokenizer's definition, the texts and the
+  length (a results header is written at every evaluation of a run; counting tokenizes up to 10k
+  documents, ~1 s). Without a cache dir, or for a tokenizer without a serialisable fast backend,
+  counted every call."""
+  backend = getattr(tokenizer, "backend_tokenizer", None)
+  if cache_dir is None or backend is None:
+    return truncated(tokenizer, texts, max_length)
+  key = cache.content_key(tokenizer=hashlib.sha256(backend.to_str().encode()).hexdigest(),
+                          texts=cache.texts_fingerprint(texts), max_length=max_length)
+  path = Path(cache_dir) / f"truncated_{key}.json"
+  if path.exists():
+    return tuple(json.loads(path.read_text()))
+  counts = truncated(tokenizer, texts, max_length)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  cache.write_text_atomic(path, json.dumps(counts))
+  return counts
+
+
+def split_heading(cfg, split: str, data, tokenizer=None, cache_dir: Path | None = None) -> str:
   """A results file's first lines: the dataset, split, sizes and lengths used, and (given the document
-  encoder's tokenizer) how many documents ``data.max_doc_length`` cuts."""
+  encoder's tokenizer) how many documents ``data.max_doc_length`` cuts (kept in ``cache_dir``)."""
   d = cfg.data
   cut = ""
   if tokenizer is not None:
-    n, of = truncated(tokenizer, data.doc_texts, d.max_doc_length)
+    n, of = truncated_cached(cache_dir, tokenizer, data.doc_texts, d.max_doc_length)
     if of:
       sampled = f" (a seeded sample of {of:,})" if of < len(data.doc_texts) else ""
       cut = f"; {n:,} of {of:,} documents{sampled} ({100 * n / of:.1f} %) are longer and cut"
