@@ -174,3 +174,17 @@ def test_the_cublas_part_runs_with_xlas_triton_matmuls_off(tmp_path, monkeypatch
   assert "| ce | jax_cublas_cudnn (cudnn) | 10 | 500.0 | 45.0 % |" in summary
   assert "ce: edistill's best / PyTorch's best examples/s = 1.20x" in summary
   assert "teacher-size MFU (best of the ce steps): 45.0 %" in summary
+
+
+def test_hlo_gpu_compiles_a_step_from_shapes_alone(monkeypatch):
+  """hlo_gpu's compile path (abstract state, shardings, lowering) on this CPU's one-device mesh; the
+  H200 target itself needs the CUDA plugin (make hlo-gpu)."""
+  monkeypatch.setenv("JAX_PLATFORMS", "cpu")  # What hlo_gpu sets on import, restored after the test.
+  monkeypatch.setenv("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")
+  import hlo_gpu
+  import train_gpu
+  from edistill import mesh as mesh_lib
+  for name in ("ce", "minilm"):
+    text = hlo_gpu.compile_text(train_gpu.workloads(True)[name], mesh_lib.make_mesh({"data": -1, "model": 1},
+                                                                                     jax.devices()[:1]))
+    assert "ENTRY" in text and train_gpu.hlo_traffic(text)["kernels"] > 10
