@@ -229,3 +229,22 @@ def test_position_rows_get_their_gradient_from_a_matmul_not_a_batch_reduction():
   backward = lambda f: str(jax.make_jaxpr(lambda a, r, ct: jax.vjp(f, a, r)[1](ct))(x, rows, w))
   assert "dot_general" in backward(encoder.add_positions) and "reduce_sum" not in backward(encoder.add_positions)
   assert "reduce_sum" in backward(lambda a, r: a + r[None])  # What it replaced.
+
+
+def test_the_matmul_masked_sum_equals_the_reduce_and_stays_a_matmul():
+  """PLAIN's masked sum (mean pooling's numerator) equals the CPU's reduce, values and gradients, and
+  is a two-row batched matmul: a reduce over L (or a one-row matmul, which XLA rewrites into one)
+  lays XLA:GPU's whole forward pass out [B, H, L]."""
+  rng = np.random.default_rng(6)
+  states = jnp.asarray(rng.standard_normal((3, 5, 8)), jnp.float32)
+  mask = jnp.asarray([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]], jnp.int32)
+  w = jnp.asarray(rng.standard_normal((3, 8)), jnp.float32)
+  np.testing.assert_allclose(np.asarray(kernels.PLAIN.masked_sum(states, mask)),
+                             np.asarray(states * mask[..., None]).sum(1), atol=1e-5)
+  grads = [jax.grad(lambda s: jnp.sum(w * f(s, mask)))(states) for f in (kernels.PLAIN.masked_sum,
+                                                                           kernels.CPU.masked_sum)]
+  np.testing.assert_allclose(np.asarray(grads[0]), np.asarray(grads[1]), atol=1e-6)
+  jaxpr = jax.make_jaxpr(kernels.PLAIN.masked_sum)(states, mask).jaxpr
+  dots = [e for e in jaxpr.eqns if e.primitive.name == "dot_general"]
+  assert len(dots) == 1 and dots[0].invars[0].aval.shape == (3, 2, 5)
+  assert not any(e.primitive.name == "reduce_sum" for e in jaxpr.eqns)

@@ -258,14 +258,14 @@ class Embeddings(nn.Module):
     return nn.Dropout(cfg.hidden_dropout)(x, deterministic=deterministic)
 
 
-def pool(states: jax.Array, attention_mask: jax.Array, pooling: str) -> jax.Array:
-  """[B, L, H] token states -> [B, H] float32 (mean over unmasked tokens, or the first token)."""
-  states = states.astype(jnp.float32)
+def pool(states: jax.Array, attention_mask: jax.Array, pooling: str, kern: kernels.Kernels | None = None) -> jax.Array:
+  """[B, L, H] token states -> [B, H] float32 (mean over unmasked tokens, or the first token); the
+  masked sum on ``kern.masked_sum`` (default: the backend's kernels)."""
   if pooling == "cls":
-    return states[:, 0]
+    return states[:, 0].astype(jnp.float32)
   if pooling == "mean":
-    mask = attention_mask.astype(jnp.float32)[..., None]
-    return (states * mask).sum(1) / jnp.maximum(mask.sum(1), 1e-9)
+    summed = (kern or kernels.for_backend()).masked_sum(states, attention_mask)
+    return summed / jnp.maximum(attention_mask.astype(jnp.float32).sum(1, keepdims=True), 1e-9)
   raise ValueError(f"Unknown pooling {pooling!r}; expected one of {POOLINGS}.")
 
 
@@ -337,7 +337,7 @@ class Encoder(nn.Module):
   def __call__(self, input_ids, attention_mask, token_type_ids=None, deterministic=True):
     """Sentence embeddings ``[B, D]`` float32."""
     states = self.encode_tokens(input_ids, attention_mask, token_type_ids, deterministic)
-    emb = pool(states, attention_mask, self.pooling)
+    emb = pool(states, attention_mask, self.pooling, kernels.for_backend(name=self.kernels))
     if self.normalize and self.normalize_first:
       return self.projection(l2_normalize(emb)) if self.projection_dim else l2_normalize(emb)
     if self.projection_dim:

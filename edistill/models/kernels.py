@@ -38,8 +38,9 @@ class Kernels:
   # makes q, k and v in that layout directly and never splits heads (None: it calls ``attention``).
   seq_attention: Callable | None = None
   # layer_norm(x [..., H], scale [H], bias [H] float32, eps) -> [..., H] in x.dtype (float32 math);
-  # every Kernels below sets it.
+  # masked_sum(states [B, L, H], mask [B, L] 0/1) -> [B, H] float32. Every Kernels below sets both.
   layer_norm: Callable = None
+  masked_sum: Callable = None
 
 
 def _materialise(x: jax.Array) -> jax.Array:
@@ -155,6 +156,23 @@ def _layer_norm_bwd(eps, res, dy):
 recompute_layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
 
 
+def reduce_masked_sum(states: jax.Array, mask: jax.Array) -> jax.Array:
+  """sum_l mask[b, l] states[b, l, :] in float32, as a reduce over L."""
+  return (states.astype(jnp.float32) * mask.astype(jnp.float32)[..., None]).sum(1)
+
+
+def matmul_masked_sum(states: jax.Array, mask: jax.Array) -> jax.Array:
+  """``reduce_masked_sum`` as a batched matmul with two weight rows, the mask and zeros.
+
+  XLA:GPU lays a reduce over L out with L minor, and that layout spreads back through the whole
+  forward pass: [B, H, L] states with transposes at every layer, twice the memory traffic of an
+  MPNet-base encoding pass (benchmarks/RESULTS.md). A one-row matmul is rewritten into that reduce;
+  two rows stay a matmul, in the row-major layout.
+  """
+  weights = jnp.stack([mask.astype(states.dtype), jnp.zeros(mask.shape, states.dtype)], axis=1)  # [B, 2, L]
+  return jnp.einsum("bkl,blh->bkh", weights, states, preferred_element_type=jnp.float32)[:, 0]
+
+
 def cpu_attention(q, k, v, key_bias, position_bias, dropout, dtype):
   """softmax(q k^T + bias) v for XLA:CPU.
 
@@ -213,8 +231,10 @@ def fused_seq_attention(q, k, v, key_bias, position_bias, dropout, dtype, scale,
                                       implementation=implementation)
 
 
-CPU = Kernels("cpu", cpu_matmul, cpu_gelu, cpu_attention, layer_norm=autodiff_layer_norm)
-PLAIN = Kernels("plain", jnp.matmul, recompute_gelu, plain_attention, layer_norm=recompute_layer_norm)
+CPU = Kernels("cpu", cpu_matmul, cpu_gelu, cpu_attention, layer_norm=autodiff_layer_norm,
+              masked_sum=reduce_masked_sum)
+PLAIN = Kernels("plain", jnp.matmul, recompute_gelu, plain_attention, layer_norm=recompute_layer_norm,
+                masked_sum=matmul_masked_sum)
 CUDNN = dataclasses.replace(PLAIN, name="cudnn", attention=fused_attention, seq_attention=fused_seq_attention)
 BY_NAME = {k.name: k for k in (CPU, PLAIN, CUDNN)}
 
