@@ -6,7 +6,8 @@ transposes come from and what its memory-bound kernels move, checked between GPU
     JAX_PLATFORMS=cpu JAX_SKIP_CUDA_CONSTRAINTS_CHECK=1 PYTHONPATH=. .venv-aot/bin/python \\
       benchmarks/hlo_gpu.py --steps jax_cudnn:ce,jax:minilm --out runs/hlo_gpu/hlo.jsonl
 
-Steps are train_gpu.py's measurement names (``jax:<workload>``, ``jax_cudnn:<workload>``). For each,
+Steps are train_gpu.py's measurement names (``jax:<workload>``, ``jax_cudnn:<workload>``), and
+``encode:<kernels>`` for one batch of its corpus encoding (``encode_jax``'s shape). For each,
 ``hlo_<name>.txt`` (the optimized module) goes beside --out and one JSON line with the transposes and
 copies by elements moved (``train_gpu.hlo_moves``) and the non-matmul kernels by bytes read and
 written (``train_gpu.hlo_traffic``). Nothing runs: no timing, no autotuning (XLA picks its default
@@ -46,7 +47,7 @@ dnn_version_info { major: 9 minor: 10 }
 runtime_version { major: 12 minor: 8 }
 device_description_str: "NVIDIA H200"
 """
-DEFAULT_STEPS = "jax_cudnn:ce,jax:ce,jax:minilm,jax_cudnn:minilm,jax_cudnn:ce_mpnet"
+DEFAULT_STEPS = "jax_cudnn:ce,jax:ce,jax:minilm,jax_cudnn:minilm,jax_cudnn:ce_mpnet,encode:plain,encode:cudnn"
 
 
 def h200_mesh():
@@ -75,6 +76,25 @@ def compile_text(w, mesh) -> str:
   return step.lower(jax.tree.map(abstract, state, state_sh), None, batch).compile().as_text()
 
 
+def compile_encode_text(kernels: str, mesh, tiny: bool = False) -> str:
+  """The optimized HLO of one corpus-encoding batch (train_gpu.py's ``encode_jax``: MPNet-base, mean
+  pooling, normalised, bf16, 512 x 128 tokens) on the kernels named ``kernels``, from shapes only."""
+  import jax.numpy as jnp
+  import steps
+  import train_gpu
+  from edistill.models.encoder import Encoder
+
+  cfg = steps.TINY["mpnet"] if tiny else steps.MPNET_BASE
+  module = Encoder(cfg, pooling="mean", normalize=True, dtype=jnp.bfloat16, kernels=kernels)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  abstract = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated)
+  params = jax.tree.map(abstract, jax.eval_shape(lambda: steps.init_encoder(cfg)))
+  ids = abstract(jax.ShapeDtypeStruct((16 if tiny else train_gpu.ENCODE_BATCH, 16 if tiny else train_gpu.ENCODE_LENGTH),
+                                      jnp.int32))
+  fn = jax.jit(lambda p, i, m: module.apply({"params": p}, i, m))
+  return fn.lower(params, ids, ids).compile().as_text()
+
+
 def main(argv=None) -> None:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--out", required=True, help="JSON-lines file; the HLO texts go beside it")
@@ -89,7 +109,9 @@ def main(argv=None) -> None:
   mesh = h200_mesh()
   for name in args.steps.split(","):
     start = time.perf_counter()
-    text = compile_text(ctx.workload(name), mesh)
+    variant, what = name.split(":")
+    text = (compile_encode_text(what, mesh, args.tiny) if variant == "encode"
+            else compile_text(ctx.workload(name), mesh))
     (out.parent / f"hlo_{name.replace(':', '_')}.txt").write_text(text)
     traffic = train_gpu.hlo_traffic(text)
     rec = {"name": name, "target": "H200 (deviceless)", "jax": jax.__version__,

@@ -188,3 +188,5 @@ def test_hlo_gpu_compiles_a_step_from_shapes_alone(monkeypatch):
     text = hlo_gpu.compile_text(train_gpu.workloads(True)[name], mesh_lib.make_mesh({"data": -1, "model": 1},
                                                                                      jax.devices()[:1]))
     assert "ENTRY" in text and train_gpu.hlo_traffic(text)["kernels"] > 10
+  mesh = mesh_lib.make_mesh({"data": -1, "model": 1}, jax.devices()[:1])
+  assert "ENTRY" in hlo_gpu.compile_encode_text("plain", mesh, tiny=True)
