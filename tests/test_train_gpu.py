@@ -190,3 +190,14 @@ def test_hlo_gpu_compiles_a_step_from_shapes_alone(monkeypatch):
     assert "ENTRY" in text and train_gpu.hlo_traffic(text)["kernels"] > 10
   mesh = mesh_lib.make_mesh({"data": -1, "model": 1}, jax.devices()[:1])
   assert "ENTRY" in hlo_gpu.compile_encode_text("plain", mesh, tiny=True)
+
+
+def test_the_summary_lists_both_jax_encoders_and_their_agreement():
+  import train_gpu
+  rec = {"docs": 64, "batch": 16, "first_call_s": 1.0}
+  summary = train_gpu.summarize({"encode_jax": {**rec, "docs_per_s": 100.0},
+                                 "encode_jax_cudnn": {**rec, "docs_per_s": 150.0, "min_cosine_vs_encode_jax": 0.99991},
+                                 "encode_st": {**rec, "docs_per_s": 120.0, "min_cosine_vs_edistill": 0.9971}})
+  assert "encode_jax_cudnn: 150 documents/s (64 x 128 tokens, batch 16, first call 1.0 s, min cosine to encode_jax 0.9999)" \
+      in summary
+  assert "min cosine to edistill 0.9971)" in summary and "edistill / sentence-transformers = 0.83x" in summary
