@@ -248,3 +248,18 @@ def test_the_matmul_masked_sum_equals_the_reduce_and_stays_a_matmul():
   dots = [e for e in jaxpr.eqns if e.primitive.name == "dot_general"]
   assert len(dots) == 1 and dots[0].invars[0].aval.shape == (3, 2, 5)
   assert not any(e.primitive.name == "reduce_sum" for e in jaxpr.eqns)
+
+
+def test_the_plain_kernels_custom_vjps_give_the_same_gradients_under_remat():
+  """The recomputing GELU / LayerNorm and the position rows' VJP inside ``nn.remat`` layers."""
+  cfg = encoder.TransformerConfig("bert", 40, 16, 2, 2, 32, 24, 1e-12, hidden_dropout=0.0, attention_dropout=0.0)
+  ids = np.array([[5, 7, 9, 11, 2, 4], [3, 4, 6, 1, 0, 0]], np.int32)
+  mask = (ids > 0).astype(np.int32)
+  base = encoder.Encoder(cfg, normalize=True, kernels="plain")
+  params = base.init(jax.random.key(0), ids, mask)["params"]
+  w = np.random.default_rng(7).standard_normal((2, 16)).astype(np.float32)
+  run = lambda m: jax.jit(jax.value_and_grad(lambda p: jnp.sum(w * m.apply({"params": p}, ids, mask))))(params)
+  (loss, grads), (loss_remat, grads_remat) = run(base), run(base.clone(remat=True))
+  np.testing.assert_allclose(float(loss_remat), float(loss), rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(grads_remat), jax.tree.leaves(grads)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
