@@ -77,20 +77,17 @@ def compile_text(w, mesh) -> str:
 
 
 def compile_encode_text(kernels: str, mesh, tiny: bool = False) -> str:
-  """The optimized HLO of one corpus-encoding batch (train_gpu.py's ``encode_jax``: MPNet-base, mean
-  pooling, normalised, bf16, 512 x 128 tokens) on the kernels named ``kernels``, from shapes only."""
+  """The optimized HLO of one batch of train_gpu.py's ``encode_jax`` (``train_gpu.encode_model``, 512 x
+  128 tokens) on the kernels named ``kernels``, from shapes only."""
   import jax.numpy as jnp
   import steps
   import train_gpu
-  from edistill.models.encoder import Encoder
 
-  cfg = steps.TINY["mpnet"] if tiny else steps.MPNET_BASE
-  module = Encoder(cfg, pooling="mean", normalize=True, dtype=jnp.bfloat16, kernels=kernels)
+  cfg, module = train_gpu.encode_model(tiny, kernels)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   abstract = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated)
   params = jax.tree.map(abstract, jax.eval_shape(lambda: steps.init_encoder(cfg)))
-  ids = abstract(jax.ShapeDtypeStruct((16 if tiny else train_gpu.ENCODE_BATCH, 16 if tiny else train_gpu.ENCODE_LENGTH),
-                                      jnp.int32))
+  ids = abstract(jax.ShapeDtypeStruct((16 if tiny else train_gpu.ENCODE_BATCH, train_gpu.ENCODE_LENGTH), jnp.int32))
   fn = jax.jit(lambda p, i, m: module.apply({"params": p}, i, m))
   return fn.lower(params, ids, ids).compile().as_text()
 

@@ -362,19 +362,25 @@ def encode_texts(n: int) -> list[str]:
   return [f"{i} {texts[i % len(texts)]}" for i in range(n)]
 
 
-def _encode_setup(ctx, kernels: str | None = None):
-  """(config, bf16 mean-pooling normalised Encoder on ``kernels``, params, tokenizer directory) of the
-  MPNet-base encoder."""
+def encode_model(tiny: bool, kernels: str | None = None):
+  """(config, Encoder) of the corpus encoding measured here: MPNet-base (``tiny``: a toy MPNet over its
+  vocabulary), mean pooling, normalised, bf16, on ``kernels`` (None: the backend's)."""
   import dataclasses as dc
 
   import jax.numpy as jnp
   import steps
   from edistill.models.encoder import Encoder
-  tiny = dc.replace(steps.TINY["mpnet"], vocab_size=steps.MPNET_BASE.vocab_size, max_position_embeddings=ENCODE_LENGTH + 2)
-  cfg = tiny if ctx.tiny else steps.MPNET_BASE
+  toy = dc.replace(steps.TINY["mpnet"], vocab_size=steps.MPNET_BASE.vocab_size, max_position_embeddings=ENCODE_LENGTH + 2)
+  cfg = toy if tiny else steps.MPNET_BASE
+  return cfg, Encoder(cfg, pooling="mean", normalize=True, dtype=jnp.bfloat16, kernels=kernels)
+
+
+def _encode_setup(ctx, kernels: str | None = None):
+  """(config, ``encode_model``'s Encoder, params, tokenizer directory)."""
+  import steps
+  cfg, module = encode_model(ctx.tiny, kernels)
   if "encoder_params" not in ctx.cache:
     ctx.cache["encoder_params"] = steps.init_encoder(cfg)
-  module = Encoder(cfg, pooling="mean", normalize=True, dtype=jnp.bfloat16, kernels=kernels)
   return cfg, module, ctx.cache["encoder_params"], ctx.args.tokenizer
 
 

@@ -6,7 +6,6 @@ tower (+ projection) encodes queries; its documents are the teacher's (asymmetri
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -208,14 +207,12 @@ def truncated_cached(cache_dir: Path | None, tokenizer, texts: Sequence[str], ma
   backend = getattr(tokenizer, "backend_tokenizer", None)
   if cache_dir is None or backend is None:
     return truncated(tokenizer, texts, max_length)
-  key = cache.content_key(tokenizer=hashlib.sha256(backend.to_str().encode()).hexdigest(),
-                          texts=cache.texts_fingerprint(texts), max_length=max_length)
+  key = cache.content_key(tokenizer=backend.to_str(), texts=cache.texts_fingerprint(texts), max_length=max_length)
   path = Path(cache_dir) / f"truncated_{key}.json"
   if path.exists():
     return tuple(json.loads(path.read_text()))
   counts = truncated(tokenizer, texts, max_length)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  cache.write_text_atomic(path, json.dumps(counts))
+  cache.write_text_atomic(path, json.dumps(counts))  # Makes the directory.
   return counts
 
 

@@ -258,13 +258,13 @@ class Embeddings(nn.Module):
     return nn.Dropout(cfg.hidden_dropout)(x, deterministic=deterministic)
 
 
-def pool(states: jax.Array, attention_mask: jax.Array, pooling: str, kern: kernels.Kernels | None = None) -> jax.Array:
+def pool(states: jax.Array, attention_mask: jax.Array, pooling: str, kern: kernels.Kernels) -> jax.Array:
   """[B, L, H] token states -> [B, H] float32 (mean over unmasked tokens, or the first token); the
-  masked sum on ``kern.masked_sum`` (default: the backend's kernels)."""
+  masked sum on ``kern.masked_sum``."""
   if pooling == "cls":
     return states[:, 0].astype(jnp.float32)
   if pooling == "mean":
-    summed = (kern or kernels.for_backend()).masked_sum(states, attention_mask)
+    summed = kern.masked_sum(states, attention_mask)
     return summed / jnp.maximum(attention_mask.astype(jnp.float32).sum(1, keepdims=True), 1e-9)
   raise ValueError(f"Unknown pooling {pooling!r}; expected one of {POOLINGS}.")
 
